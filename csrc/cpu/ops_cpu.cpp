@@ -1,0 +1,459 @@
+// CPU back end: loops over streams with at::parallel_for, each stream running
+// the shared core (csrc/core) serially.
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "../ops_common.h"
+
+namespace ncx {
+namespace {
+
+using at::Tensor;
+
+// Scratch for one row: fixed-point weights and the CDF.
+struct RowScratch {
+  std::vector<uint32_t> q, cdf;
+  explicit RowScratch(int64_t V) : q(V), cdf(V + 1) {}
+};
+
+template <typename T>
+const T* row_ptr(const Tensor& dist) {
+  return reinterpret_cast<const T*>(dist.data_ptr());
+}
+
+int64_t symbol_at(const Tensor& symbols, int64_t i) {
+  return symbols.scalar_type() == at::kLong ? symbols.data_ptr<int64_t>()[i]
+                                            : int64_t(symbols.data_ptr<int32_t>()[i]);
+}
+
+// Calls f with the dist element type (float or uint16_t for bfloat16 bits).
+template <typename F>
+void with_dist_type(const Tensor& dist, F&& f) {
+  if (dist.scalar_type() == at::kFloat) f(float{});
+  else f(uint16_t{});
+}
+
+// ------------------------------------------------------------------ quantize
+std::tuple<Tensor, Tensor> quantize_cpu(const Tensor& dist_in, int64_t precision, bool logits) {
+  TORCH_CHECK(dist_in.dim() >= 1, "dist must have at least one dimension");
+  int64_t V = check_dist(dist_in, dist_in.dim(), "[..., V]");
+  check_precision(precision, V);
+  Tensor dist = dist_in.contiguous();
+  int64_t rows = dist.numel() / V;
+  auto sizes = dist.sizes().vec();
+  sizes.back() = V + 1;
+  Tensor cdf = at::empty(sizes, dist.options().dtype(at::kInt));
+  auto status_sizes = dist.sizes().vec();
+  status_sizes.pop_back();
+  Tensor status = at::empty(status_sizes, dist.options().dtype(at::kInt));
+  int32_t* cdf_p = cdf.data_ptr<int32_t>();
+  int32_t* st_p = status.data_ptr<int32_t>();
+  with_dist_type(dist, [&](auto tag) {
+    using T = decltype(tag);
+    const T* base = row_ptr<T>(dist);
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      RowScratch scratch(V);
+      for (int64_t row = begin; row < end; ++row) {
+        QuantParams qp;
+        int32_t st = quantize_row_prepare(base + row * V, V, int(precision), logits, scratch.q.data(), &qp);
+        st_p[row] = st;
+        uint32_t* out = reinterpret_cast<uint32_t*>(cdf_p + row * (V + 1));
+        if (st == kOk) quant_cdf(scratch.q.data(), qp, V, out);
+        else std::fill(out, out + V + 1, 0u);
+      }
+    });
+  });
+  return {cdf, status};
+}
+
+// ----------------------------------------------------- whole-sequence coding
+void check_sequences(const Tensor& dist, const Tensor& lengths, int64_t B, int64_t T) {
+  check_index_tensor(lengths, "lengths");
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B, "lengths must have shape [B] = [", B,
+              "], got ", lengths.sizes());
+  auto mn = lengths.numel() ? lengths.min().item<int64_t>() : 0;
+  auto mx = lengths.numel() ? lengths.max().item<int64_t>() : 0;
+  TORCH_CHECK(mn >= 0 && mx <= T, "lengths must lie in [0, T] = [0, ", T, "], got min ", mn, " max ", mx);
+}
+
+std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& symbols_in,
+                                             const Tensor& lengths_in, int64_t precision, bool logits,
+                                             int64_t max_bytes) {
+  int64_t V = check_dist(dist, 3, "[B, T, V]");
+  int64_t B = dist.size(0), T = dist.size(1);
+  check_precision(precision, V);
+  check_index_tensor(symbols_in, "symbols");
+  TORCH_CHECK(symbols_in.dim() == 2 && symbols_in.size(0) == B && symbols_in.size(1) == T,
+              "symbols must have shape [B, T] = [", B, ", ", T, "], got ", symbols_in.sizes());
+  check_sequences(dist, lengths_in, B, T);
+  if (max_bytes <= 0) max_bytes = max_stream_bytes(T, precision);
+  Tensor symbols = symbols_in.contiguous();
+  Tensor lengths = lengths_in.to(at::kLong).contiguous();
+  Tensor out = at::zeros({B, max_bytes}, dist.options().dtype(at::kByte));
+  Tensor nbits = at::zeros({B}, dist.options().dtype(at::kLong));
+  Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
+  const int64_t sb = dist.stride(0), st = dist.stride(1);
+  const int64_t* len_p = lengths.data_ptr<int64_t>();
+  with_dist_type(dist, [&](auto tag) {
+    using E = decltype(tag);
+    const E* base = row_ptr<E>(dist);
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      RowScratch scratch(V);
+      for (int64_t b = begin; b < end; ++b) {
+        uint8_t* o = out.data_ptr<uint8_t>() + b * max_bytes;
+        StreamEncoder enc;
+        stream_encoder_init(&enc);
+        int32_t s_code = kOk;
+        for (int64_t t = 0; t < len_p[b] && s_code == kOk; ++t) {
+          int64_t sym = symbol_at(symbols, b * T + t);
+          if (sym < 0 || sym >= V) { s_code = kErrSymbol; break; }
+          QuantParams qp;
+          s_code = quantize_row_prepare(base + b * sb + t * st, V, int(precision), logits, scratch.q.data(), &qp);
+          if (s_code != kOk) break;
+          uint32_t cum, freq;
+          quant_symbol(scratch.q.data(), qp, sym, &cum, &freq);
+          s_code = stream_encode(&enc, o, max_bytes, cum, freq, int(precision));
+        }
+        int64_t n = -1;
+        if (s_code == kOk) {
+          n = stream_encode_finish(&enc, o, max_bytes);
+          if (n < 0) s_code = kErrOutputFull;
+        }
+        nbits.data_ptr<int64_t>()[b] = s_code == kOk ? n : 0;
+        status.data_ptr<int32_t>()[b] = s_code;
+      }
+    });
+  });
+  return {out, nbits, status};
+}
+
+// Decodes one symbol of a stream with the row's quantization; returns the
+// symbol or -status.
+template <typename E>
+int64_t stream_decode_one(StreamDecoder* dec, const uint8_t* in, int64_t nbytes, const E* row, int64_t V,
+                          int precision, bool logits, RowScratch& scratch) {
+  QuantParams qp;
+  int32_t st = quantize_row_prepare(row, V, precision, logits, scratch.q.data(), &qp);
+  if (st != kOk) return -st;
+  quant_cdf(scratch.q.data(), qp, V, scratch.cdf.data());
+  uint32_t target = stream_decode_target(dec, precision);
+  int64_t s = cdf_search(scratch.cdf.data(), V, target);
+  st = stream_decode_consume(dec, in, nbytes, scratch.cdf[s], scratch.cdf[s + 1] - scratch.cdf[s], precision);
+  if (st != kOk) return -st;
+  return s;
+}
+
+void check_data(const Tensor& data, const Tensor& nbits, int64_t B) {
+  TORCH_CHECK(data.scalar_type() == at::kByte && data.dim() == 2 && data.size(0) == B,
+              "data must be a uint8 tensor of shape [B, N] with B = ", B, ", got ", data.scalar_type(), " ",
+              data.sizes());
+  check_index_tensor(nbits, "nbits");
+  TORCH_CHECK(nbits.dim() == 1 && nbits.size(0) == B, "nbits must have shape [B] = [", B, "], got ",
+              nbits.sizes());
+  if (B) {
+    auto mn = nbits.min().item<int64_t>(), mx = nbits.max().item<int64_t>();
+    TORCH_CHECK(mn >= 0 && mx <= data.size(1) * 8, "nbits must lie in [0, 8 * N] = [0, ", data.size(1) * 8,
+                "], got min ", mn, " max ", mx);
+  }
+}
+
+std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in, const Tensor& nbits_in,
+                                      const Tensor& lengths_in, int64_t precision, bool logits) {
+  int64_t V = check_dist(dist, 3, "[B, T, V]");
+  int64_t B = dist.size(0), T = dist.size(1);
+  check_precision(precision, V);
+  check_data(data_in, nbits_in, B);
+  check_sequences(dist, lengths_in, B, T);
+  Tensor data = data_in.contiguous();
+  Tensor nbits = nbits_in.to(at::kLong).contiguous();
+  Tensor lengths = lengths_in.to(at::kLong).contiguous();
+  Tensor symbols = at::full({B, T}, -1, dist.options().dtype(at::kLong));
+  Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
+  const int64_t sb = dist.stride(0), st = dist.stride(1), N = data.size(1);
+  with_dist_type(dist, [&](auto tag) {
+    using E = decltype(tag);
+    const E* base = row_ptr<E>(dist);
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      RowScratch scratch(V);
+      for (int64_t b = begin; b < end; ++b) {
+        const uint8_t* in = data.data_ptr<uint8_t>() + b * N;
+        int64_t nbytes = (nbits.data_ptr<int64_t>()[b] + 7) / 8;
+        StreamDecoder dec;
+        stream_decoder_init(&dec, in, nbytes);
+        int64_t* out = symbols.data_ptr<int64_t>() + b * T;
+        int32_t code = kOk;
+        for (int64_t t = 0; t < lengths.data_ptr<int64_t>()[b]; ++t) {
+          int64_t s = stream_decode_one(&dec, in, nbytes, base + b * sb + t * st, V, int(precision), logits, scratch);
+          if (s < 0) { code = int32_t(-s); break; }
+          out[t] = s;
+        }
+        status.data_ptr<int32_t>()[b] = code;
+      }
+    });
+  });
+  return {symbols, status};
+}
+
+// ------------------------------------------------------- stateful step ops
+template <typename S>
+S* state_ptr(const Tensor& state) {
+  return reinterpret_cast<S*>(state.data_ptr<int64_t>());
+}
+
+void check_step(const Tensor& dist, const Tensor& symbols, int64_t& B, int64_t& V) {
+  V = check_dist(dist, 2, "[B, V]");
+  B = dist.size(0);
+  check_index_tensor(symbols, "symbols");
+  TORCH_CHECK(symbols.dim() == 1 && symbols.size(0) == B, "symbols must have shape [B] = [", B, "], got ",
+              symbols.sizes());
+}
+
+Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, const Tensor& symbols_in,
+                              int64_t precision, bool logits) {
+  int64_t B, V;
+  check_step(dist, symbols_in, B, V);
+  check_precision(precision, V);
+  check_state(state, B, words_of(sizeof(StreamEncoder)), "stream encoder");
+  TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 2 && out.size(0) == B && out.is_contiguous(),
+              "out must be a contiguous uint8 tensor of shape [B, capacity], got ", out.sizes());
+  Tensor symbols = symbols_in.contiguous();
+  Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
+  const int64_t cap = out.size(1), sb = dist.stride(0);
+  with_dist_type(dist, [&](auto tag) {
+    using E = decltype(tag);
+    const E* base = row_ptr<E>(dist);
+    at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+      RowScratch scratch(V);
+      for (int64_t b = begin; b < end; ++b) {
+        int64_t sym = symbol_at(symbols, b);
+        if (sym < 0) continue;
+        int32_t& st = status.data_ptr<int32_t>()[b];
+        if (sym >= V) { st = kErrSymbol; continue; }
+        QuantParams qp;
+        st = quantize_row_prepare(base + b * sb, V, int(precision), logits, scratch.q.data(), &qp);
+        if (st != kOk) continue;
+        uint32_t cum, freq;
+        quant_symbol(scratch.q.data(), qp, sym, &cum, &freq);
+        st = stream_encode(state_ptr<StreamEncoder>(state) + b, out.data_ptr<uint8_t>() + b * cap, cap, cum,
+                           freq, int(precision));
+      }
+    });
+  });
+  return status;
+}
+
+Tensor stream_encode_finish_cpu(Tensor& state, Tensor& out) {
+  int64_t B = out.size(0);
+  check_state(state, B, words_of(sizeof(StreamEncoder)), "stream encoder");
+  Tensor nbits = at::empty({B}, state.options());
+  const int64_t cap = out.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    StreamEncoder* e = state_ptr<StreamEncoder>(state) + b;
+    nbits.data_ptr<int64_t>()[b] = stream_encode_finish(e, out.data_ptr<uint8_t>() + b * cap, cap);
+    stream_encoder_init(e);
+  }
+  return nbits;
+}
+
+std::tuple<Tensor, Tensor> stream_decode_step_cpu(Tensor& state, const Tensor& data_in, const Tensor& nbits_in,
+                                                  const Tensor& dist, const Tensor& active_in, int64_t precision,
+                                                  bool logits) {
+  int64_t V = check_dist(dist, 2, "[B, V]");
+  int64_t B = dist.size(0);
+  check_precision(precision, V);
+  check_state(state, B, words_of(sizeof(StreamDecoder)), "stream decoder");
+  check_data(data_in, nbits_in, B);
+  TORCH_CHECK(active_in.scalar_type() == at::kBool && active_in.dim() == 1 && active_in.size(0) == B,
+              "active must be a bool tensor of shape [B]");
+  Tensor data = data_in.contiguous();
+  Tensor nbits = nbits_in.to(at::kLong).contiguous();
+  Tensor active = active_in.contiguous();
+  Tensor symbols = at::full({B}, -1, dist.options().dtype(at::kLong));
+  Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
+  const int64_t N = data.size(1), sb = dist.stride(0);
+  with_dist_type(dist, [&](auto tag) {
+    using E = decltype(tag);
+    const E* base = row_ptr<E>(dist);
+    at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+      RowScratch scratch(V);
+      for (int64_t b = begin; b < end; ++b) {
+        if (!active.data_ptr<bool>()[b]) continue;
+        const uint8_t* in = data.data_ptr<uint8_t>() + b * N;
+        int64_t nbytes = (nbits.data_ptr<int64_t>()[b] + 7) / 8;
+        StreamDecoder* dec = state_ptr<StreamDecoder>(state) + b;
+        if (dec->pos == 0) stream_decoder_init(dec, in, nbytes);  // a fresh (zeroed) state
+        int64_t s = stream_decode_one(dec, in, nbytes, base + b * sb, V, int(precision), logits, scratch);
+        if (s < 0) status.data_ptr<int32_t>()[b] = int32_t(-s);
+        else symbols.data_ptr<int64_t>()[b] = s;
+      }
+    });
+  });
+  return {symbols, status};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor& state, const Tensor& dist,
+                                                                          const Tensor& symbols_in,
+                                                                          int64_t precision, bool logits,
+                                                                          int64_t budget_bits,
+                                                                          int64_t max_symbols) {
+  int64_t B, V;
+  check_step(dist, symbols_in, B, V);
+  check_precision(precision, V);
+  check_budget(budget_bits, precision);
+  TORCH_CHECK(max_symbols >= 1, "max_symbols must be >= 1, got ", max_symbols);
+  check_state(state, B, words_of(sizeof(WindowEncoder)), "window encoder");
+  Tensor symbols = symbols_in.contiguous();
+  auto opts = dist.options();
+  Tensor event = at::full({B}, -1, opts.dtype(at::kInt));
+  Tensor codes = at::zeros({B, budget_bits / 8}, opts.dtype(at::kByte));
+  Tensor nsym = at::zeros({B}, opts.dtype(at::kInt));
+  Tensor back = at::zeros({B}, opts.dtype(at::kInt));
+  Tensor status = at::zeros({B}, opts.dtype(at::kInt));
+  const int64_t sb = dist.stride(0), nb = budget_bits / 8;
+  with_dist_type(dist, [&](auto tag) {
+    using E = decltype(tag);
+    const E* base = row_ptr<E>(dist);
+    at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+      RowScratch scratch(V);
+      for (int64_t b = begin; b < end; ++b) {
+        int64_t sym = symbol_at(symbols, b);
+        if (sym < 0) continue;
+        int32_t& st = status.data_ptr<int32_t>()[b];
+        if (sym >= V) { st = kErrSymbol; continue; }
+        QuantParams qp;
+        st = quantize_row_prepare(base + b * sb, V, int(precision), logits, scratch.q.data(), &qp);
+        if (st != kOk) continue;
+        quant_cdf(scratch.q.data(), qp, V, scratch.cdf.data());
+        WindowClose close;
+        int32_t ev = window_encode(state_ptr<WindowEncoder>(state) + b, scratch.cdf.data(), V, sym,
+                                   int(precision), int(budget_bits), int32_t(max_symbols), &close);
+        event.data_ptr<int32_t>()[b] = ev;
+        if (ev != kWindowAccepted) {
+          uint8_t* c = codes.data_ptr<uint8_t>() + b * nb;
+          for (int64_t i = 0; i < nb; ++i) {
+            int64_t bit = 8 * (nb - 1 - i);  // big-endian
+            c[i] = uint8_t(u128_shr(close.value, int(bit)).lo);
+          }
+          nsym.data_ptr<int32_t>()[b] = close.symbols;
+          back.data_ptr<int32_t>()[b] = close.given_back;
+        }
+      }
+    });
+  });
+  return {event, codes, nsym, back, status};
+}
+
+std::tuple<Tensor, Tensor, Tensor> window_encode_finish_cpu(Tensor& state, const Tensor& active_in,
+                                                            int64_t budget_bits) {
+  int64_t B = active_in.size(0);
+  TORCH_CHECK(active_in.scalar_type() == at::kBool && active_in.dim() == 1, "active must be a bool tensor [B]");
+  check_state(state, B, words_of(sizeof(WindowEncoder)), "window encoder");
+  TORCH_CHECK(budget_bits >= 8 && budget_bits <= 128 && budget_bits % 8 == 0,
+              "budget_bits must be a multiple of 8 in [8, 128], got ", budget_bits);
+  Tensor active = active_in.contiguous();
+  const int64_t nb = budget_bits / 8;
+  auto opts = state.options();
+  Tensor has = at::zeros({B}, opts.dtype(at::kBool));
+  Tensor codes = at::zeros({B, nb}, opts.dtype(at::kByte));
+  Tensor nsym = at::zeros({B}, opts.dtype(at::kInt));
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active.data_ptr<bool>()[b]) continue;
+    WindowClose close;
+    if (window_encode_finish(state_ptr<WindowEncoder>(state) + b, int(budget_bits), &close)) {
+      has.data_ptr<bool>()[b] = true;
+      uint8_t* c = codes.data_ptr<uint8_t>() + b * nb;
+      for (int64_t i = 0; i < nb; ++i) c[i] = uint8_t(u128_shr(close.value, int(8 * (nb - 1 - i))).lo);
+      nsym.data_ptr<int32_t>()[b] = close.symbols;
+    }
+  }
+  return {has, codes, nsym};
+}
+
+void window_decode_start_cpu(Tensor& state, const Tensor& codes_in, const Tensor& start_in,
+                             const Tensor& max_in, int64_t budget_bits) {
+  int64_t B = start_in.size(0), nb = budget_bits / 8;
+  TORCH_CHECK(budget_bits >= 8 && budget_bits <= 128 && budget_bits % 8 == 0,
+              "budget_bits must be a multiple of 8 in [8, 128], got ", budget_bits);
+  check_state(state, B, words_of(sizeof(WindowDecoder)), "window decoder");
+  TORCH_CHECK(codes_in.scalar_type() == at::kByte && codes_in.dim() == 2 && codes_in.size(0) == B &&
+                  codes_in.size(1) == nb,
+              "codes must be a uint8 tensor of shape [B, budget_bits / 8] = [", B, ", ", nb, "], got ",
+              codes_in.sizes());
+  TORCH_CHECK(start_in.scalar_type() == at::kBool && start_in.dim() == 1, "start must be a bool tensor [B]");
+  check_index_tensor(max_in, "max_symbols");
+  Tensor codes = codes_in.contiguous(), start = start_in.contiguous();
+  Tensor maxs = max_in.to(at::kLong).contiguous();
+  TORCH_CHECK(maxs.dim() == 1 && maxs.size(0) == B, "max_symbols must have shape [B]");
+  for (int64_t b = 0; b < B; ++b) {
+    if (!start.data_ptr<bool>()[b]) continue;
+    U128 v{0, 0};
+    const uint8_t* c = codes.data_ptr<uint8_t>() + b * nb;
+    for (int64_t i = 0; i < nb; ++i) v = u128_add64(u128_shl(v, 8), c[i]);
+    int64_t m = maxs.data_ptr<int64_t>()[b];
+    TORCH_CHECK(m >= 0 && m <= INT32_MAX, "max_symbols must be in [0, 2^31), got ", m);
+    window_decoder_init(state_ptr<WindowDecoder>(state) + b, v, int32_t(m));
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> window_decode_step_cpu(Tensor& state, const Tensor& dist, int64_t precision,
+                                                          bool logits, int64_t budget_bits, int64_t eos) {
+  int64_t V = check_dist(dist, 2, "[B, V]");
+  int64_t B = dist.size(0);
+  check_precision(precision, V);
+  check_budget(budget_bits, precision);
+  check_state(state, B, words_of(sizeof(WindowDecoder)), "window decoder");
+  auto opts = dist.options();
+  Tensor symbols = at::full({B}, -1, opts.dtype(at::kLong));
+  Tensor ended = at::zeros({B}, opts.dtype(at::kBool));
+  Tensor status = at::zeros({B}, opts.dtype(at::kInt));
+  const int64_t sb = dist.stride(0);
+  with_dist_type(dist, [&](auto tag) {
+    using E = decltype(tag);
+    const E* base = row_ptr<E>(dist);
+    at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+      RowScratch scratch(V);
+      for (int64_t b = begin; b < end; ++b) {
+        WindowDecoder* d = state_ptr<WindowDecoder>(state) + b;
+        if (d->done) { ended.data_ptr<bool>()[b] = true; continue; }
+        if (d->count >= d->max_symbols) {
+          d->done = 1;
+          ended.data_ptr<bool>()[b] = true;
+          continue;
+        }
+        QuantParams qp;
+        int32_t st = quantize_row_prepare(base + b * sb, V, int(precision), logits, scratch.q.data(), &qp);
+        if (st != kOk) { status.data_ptr<int32_t>()[b] = st; continue; }
+        quant_cdf(scratch.q.data(), qp, V, scratch.cdf.data());
+        uint32_t target = window_decode_target(*d, int(budget_bits), int(precision));
+        int64_t s = cdf_search(scratch.cdf.data(), V, target);
+        if (window_decode_consume(d, scratch.cdf[s], scratch.cdf[s + 1] - scratch.cdf[s], int(precision),
+                                  int(budget_bits))) {
+          symbols.data_ptr<int64_t>()[b] = s;
+          if (s == eos) d->done = 1;
+        } else {
+          d->done = 1;
+          ended.data_ptr<bool>()[b] = true;
+        }
+      }
+    });
+  });
+  return {symbols, ended, status};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ncx, CPU, m) {
+  m.impl("quantize", &quantize_cpu);
+  m.impl("encode", &encode_cpu);
+  m.impl("decode", &decode_cpu);
+  m.impl("stream_encode_step", &stream_encode_step_cpu);
+  m.impl("stream_encode_finish", &stream_encode_finish_cpu);
+  m.impl("stream_decode_step", &stream_decode_step_cpu);
+  m.impl("window_encode_step", &window_encode_step_cpu);
+  m.impl("window_encode_finish", &window_encode_finish_cpu);
+  m.impl("window_decode_start", &window_decode_start_cpu);
+  m.impl("window_decode_step", &window_decode_step_cpu);
+}
+
+}  // namespace ncx

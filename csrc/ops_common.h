@@ -1,0 +1,62 @@
+// Argument checks and output allocation shared by the CPU and CUDA back ends,
+// so both reject the same mistakes with the same messages.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "core/coder.h"
+
+namespace ncx {
+
+inline void check_precision(int64_t precision, int64_t V) {
+  TORCH_CHECK(precision >= kMinPrecision && precision <= kMaxPrecision,
+              "precision must be in [", kMinPrecision, ", ", kMaxPrecision, "], got ", precision);
+  TORCH_CHECK((int64_t(1) << precision) >= V, "precision ", precision,
+              " is too small for an alphabet of ", V, " symbols (every symbol needs frequency >= 1, so 2^precision >= V)");
+}
+
+inline void check_budget(int64_t budget_bits, int64_t precision) {
+  TORCH_CHECK(budget_bits >= 8 && budget_bits <= 128 && budget_bits % 8 == 0,
+              "budget_bits must be a multiple of 8 in [8, 128], got ", budget_bits);
+  TORCH_CHECK(precision <= budget_bits - 2, "precision ", precision, " must be at most budget_bits - 2 = ",
+              budget_bits - 2, " so that any single symbol fits a window");
+}
+
+// dist: [..., V] with the last dimension contiguous; float32 or bfloat16.
+inline int64_t check_dist(const at::Tensor& dist, int64_t dims, const char* shape) {
+  TORCH_CHECK(dist.dim() == dims, "dist must have shape ", shape, ", got ", dist.sizes());
+  TORCH_CHECK(dist.scalar_type() == at::kFloat || dist.scalar_type() == at::kBFloat16,
+              "dist must be float32 or bfloat16, got ", dist.scalar_type());
+  int64_t V = dist.size(-1);
+  TORCH_CHECK(V >= 2 && V <= kMaxAlphabet, "alphabet size V (last dim of dist) must be in [2, ",
+              kMaxAlphabet, "], got ", V);
+  TORCH_CHECK(dist.stride(-1) == 1, "dist must be contiguous in its last dimension");
+  return V;
+}
+
+inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* an, const char* bn) {
+  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(),
+              " and ", b.device());
+}
+
+inline void check_index_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, name,
+              " must be int64 or int32, got ", t.scalar_type());
+}
+
+inline void check_state(const at::Tensor& state, int64_t B, int64_t words, const char* kind) {
+  TORCH_CHECK(state.scalar_type() == at::kLong && state.dim() == 2 && state.size(0) == B &&
+                  state.size(1) == words && state.is_contiguous(),
+              kind, " state must be a contiguous int64 tensor of shape [", B, ", ", words, "], got ",
+              state.scalar_type(), " ", state.sizes());
+}
+
+inline int64_t words_of(size_t bytes) { return int64_t((bytes + 7) / 8); }
+
+// Bound on a stream's code: each symbol costs at most P + 1 bits (frequency
+// >= 1 out of 2^P, plus the split's rounding), termination at most 65 bits.
+inline int64_t max_stream_bytes(int64_t T, int64_t precision) {
+  return (T * (precision + 1) + 65 + 7) / 8 + 8;
+}
+
+}  // namespace ncx

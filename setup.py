@@ -1,0 +1,99 @@
+"""Build of ncx._C: the CPU back end always; the CUDA back end when torch is a
+CUDA build and nvcc is found (no visible GPU needed). NCX_CUDA=0/1 forces
+either way; TORCH_CUDA_ARCH_LIST picks the GPU architectures (default here:
+Hopper, 9.0, when no GPU is visible to pick from).
+
+Install with `pip install --no-build-isolation -e .` so the extension is
+compiled against the torch already installed.
+"""
+import glob
+import os
+import shutil
+import sys
+import sysconfig
+
+
+def find_cuda_home():
+    """The CUDA toolkit folder: CUDA_HOME/CUDA_PATH, else where nvcc really lives."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for c in candidates:
+        if c and os.path.exists(os.path.join(c, "bin", "nvcc")) and os.path.exists(
+            os.path.join(c, "include", "cuda_runtime.h")
+        ):
+            return c
+    return None
+
+
+cuda_home = find_cuda_home()
+if cuda_home:
+    # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+    os.environ["CUDA_HOME"] = cuda_home
+
+import torch  # noqa: E402
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def want_cuda():
+    flag = os.environ.get("NCX_CUDA")
+    if flag is not None:
+        if flag not in ("0", "1"):
+            sys.exit(f"NCX_CUDA must be 0 or 1, got {flag!r}")
+        if flag == "1" and (torch.version.cuda is None or cuda_home is None):
+            sys.exit("NCX_CUDA=1 but torch is a CPU build or nvcc/CUDA_HOME was not found")
+        return flag == "1"
+    return torch.version.cuda is not None and cuda_home is not None
+
+
+def extra_cuda_includes():
+    """Headers torch's CUDA build includes (cusparse.h, ...) that a bare toolkit
+    may lack: the nvidia/cu13 (or cu12) wheels beside torch carry them."""
+    out = []
+    if cuda_home and os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
+        return out
+    site = sysconfig.get_paths()["purelib"]
+    for inc in sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include"))) + sorted(
+        glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    ):
+        if os.path.exists(os.path.join(inc, "cusparse.h")):
+            out.append(inc)
+            break
+    return out
+
+
+here = os.path.dirname(os.path.abspath(__file__))
+sources = ["csrc/ncx.cpp", "csrc/cpu/ops_cpu.cpp"]
+# -ffp-contract=off: the quantizer's float steps must round exactly as written
+# (no fused multiply-add), so CPU and GPU produce the same integers.
+cxx_flags = ["-O3", "-ffp-contract=off", "-fno-fast-math"]
+if os.environ.get("NCX_NATIVE", "1") == "1":
+    cxx_flags.append("-march=native")
+define_macros = []
+include_dirs = [os.path.join(here, "csrc")]
+
+if want_cuda():
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    sources += ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/kernels.cu"]
+    define_macros.append(("NCX_WITH_CUDA", None))
+    include_dirs += extra_cuda_includes()
+    ext = CUDAExtension(
+        "ncx._C",
+        sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args={
+            "cxx": cxx_flags,
+            # --fmad=false: same reason as -ffp-contract=off above.
+            "nvcc": ["-O3", "--fmad=false", "-lineinfo"],
+        },
+    )
+else:
+    ext = CppExtension(
+        "ncx._C", sources, include_dirs=include_dirs, define_macros=define_macros, extra_compile_args=cxx_flags
+    )
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
