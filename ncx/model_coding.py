@@ -1,0 +1,346 @@
+"""Coding many documents with a model in the loop (M1, or any model with the
+same interface), batched over streams with continuous batching: each of the
+`batch` stream slots takes the next document as soon as its current one is
+done, and every step is one model call and one native coder op for all slots.
+
+The model interface (ContextModel): `model(tokens, positions) -> dist`, with
+tokens and positions int64 [B] and dist [B, V]. Position 0 starts a fresh
+context (the token there is the model's BOS); position p > 0 feeds the token
+at context position p. The result is the distribution of the next symbol. A
+model must give each stream the same dist whatever the rest of the batch is
+(M1's coding path guarantees this), or decoding would not reproduce encoding.
+
+Equal-Info windows reset the context at each window; plain AC resets it every
+`max_symbols` symbols (the model's context length) inside one stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+from .coder import StreamDecoder, StreamEncoder, WindowDecoder, WindowEncoder
+from .ops import max_encoded_bytes
+
+__all__ = [
+    "ContextModel",
+    "EncodedWindows",
+    "encode_windows",
+    "decode_windows",
+    "encode_streams",
+    "decode_streams",
+]
+
+
+class ContextModel(Protocol):
+    vocab_size: int  # V, the coder's alphabet
+    bos: int         # token fed at position 0
+    logits: bool     # whether __call__ returns logits (else probabilities)
+    max_symbols: int # symbols one context holds (context length - 1)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class EncodedWindows:
+    """One document's Equal-Info windows."""
+
+    codes: torch.Tensor                 # uint8 [n_windows, budget_bits // 8]
+    window_symbols: torch.Tensor        # int32 [n_windows], symbols per window
+    exceptions: list[tuple[int, int]] = field(default_factory=list)  # (window index, symbol count)
+
+
+class _DocQueue:
+    """Documents as one flat symbol tensor plus offsets; hands them to slots."""
+
+    def __init__(self, docs: Sequence[torch.Tensor], eos: int | None, device):
+        tails = [torch.tensor([eos], dtype=torch.int64)] if eos is not None else []
+        parts = [torch.cat([d.to(torch.int64).reshape(-1)] + tails) for d in docs]
+        lengths = torch.tensor([len(p) for p in parts], dtype=torch.int64)
+        self.flat = torch.cat(parts).to(device) if parts else torch.zeros(0, dtype=torch.int64, device=device)
+        self.start = (torch.cumsum(lengths, 0) - lengths).to(device)
+        self.end = self.start + lengths.to(device)
+        self.next_doc = 0
+        self.n = len(docs)
+
+    def take(self, k: int) -> torch.Tensor:
+        """Up to k next document ids (fewer at the end)."""
+        ids = torch.arange(self.next_doc, min(self.next_doc + k, self.n), dtype=torch.int64)
+        self.next_doc += len(ids)
+        return ids
+
+
+def _as_symbol_docs(docs) -> list[torch.Tensor]:
+    out = []
+    for d in docs:
+        if isinstance(d, (bytes, bytearray, memoryview)):
+            d = torch.frombuffer(bytearray(d), dtype=torch.uint8) if len(d) else torch.zeros(0, dtype=torch.uint8)
+        out.append(torch.as_tensor(d))
+    return out
+
+
+def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, eos: int | None,
+                   batch: int = 256) -> list[EncodedWindows]:
+    """Equal-Info encode each document (bytes or int tensor of symbols < V,
+    followed by eos when given) into windows of budget_bits bits."""
+    docs = _as_symbol_docs(docs)
+    device = _model_device(model)
+    q = _DocQueue(docs, eos, device)
+    B = max(1, min(batch, len(docs)))
+    enc = WindowEncoder(B, budget_bits, precision, model.max_symbols, device)
+    slot_doc = torch.full((B,), -1, dtype=torch.int64, device=device)
+    pos = torch.zeros(B, dtype=torch.int64, device=device)
+    end = torch.zeros(B, dtype=torch.int64, device=device)
+    wlen = torch.zeros(B, dtype=torch.int64, device=device)
+    tokens = torch.full((B,), model.bos, dtype=torch.int64, device=device)
+    records = []  # (doc ids, codes, window symbols, exception flags), in step order
+
+    def refill(free: torch.Tensor) -> None:
+        slots = torch.nonzero(free).flatten()
+        ids = q.take(len(slots)).to(device)
+        slot_doc[slots] = -1
+        if len(ids):
+            s = slots[: len(ids)]
+            slot_doc[s], pos[s], end[s] = ids, q.start[ids], q.end[ids]
+        wlen[slots] = 0
+        tokens[slots] = model.bos
+
+    refill(torch.ones(B, dtype=torch.bool, device=device))
+    # A document with no symbols at all (no EOS) has no windows.
+    empty = (slot_doc >= 0) & (pos == end)
+    while True:
+        while bool(empty.any()):
+            refill(empty)
+            empty = (slot_doc >= 0) & (pos == end)
+        active = slot_doc >= 0
+        if not bool(active.any()):
+            break
+        dist = model(tokens, wlen)
+        sym = torch.where(active, q.flat[pos.clamp(max=max(len(q.flat) - 1, 0))], torch.full_like(pos, -1))
+        step = enc.step(dist, sym, logits=model.logits)
+        taken = step.event == 0
+        closed = step.event >= 1
+        if bool(closed.any()):
+            idx = torch.nonzero(closed).flatten()
+            records.append((slot_doc[idx], step.codes[idx], step.window_symbols[idx], step.event[idx] == 2))
+        back = torch.where(closed, step.given_back.to(torch.int64), torch.zeros_like(pos))
+        pos = pos + taken.to(torch.int64) - back
+        wlen = torch.where(taken, wlen + 1, torch.zeros_like(wlen))
+        tokens = torch.where(taken, sym, torch.full_like(sym, model.bos))
+        done = active & (pos == end)
+        if bool(done.any()):
+            has, codes, nsym = enc.finish(done)
+            idx = torch.nonzero(has).flatten()
+            records.append((slot_doc[idx], codes[idx], nsym[idx], torch.zeros(len(idx), dtype=torch.bool, device=device)))
+            refill(done)
+            empty = (slot_doc >= 0) & (pos == end)
+    return _group_windows(records, len(docs), budget_bits // 8)
+
+
+def _group_windows(records, n_docs: int, nb: int) -> list[EncodedWindows]:
+    if records:
+        doc = torch.cat([r[0] for r in records]).cpu()
+        codes = torch.cat([r[1] for r in records]).cpu()
+        nsym = torch.cat([r[2] for r in records]).cpu()
+        exc = torch.cat([r[3] for r in records]).cpu()
+        order = torch.sort(doc, stable=True).indices
+        doc, codes, nsym, exc = doc[order], codes[order], nsym[order], exc[order]
+    else:
+        doc, codes = torch.zeros(0, dtype=torch.int64), torch.zeros(0, nb, dtype=torch.uint8)
+        nsym, exc = torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.bool)
+    counts = torch.bincount(doc, minlength=n_docs).tolist()
+    out, at = [], 0
+    for c in counts:
+        e = exc[at:at + c]
+        exceptions = [(int(i), int(nsym[at + i])) for i in torch.nonzero(e).flatten().tolist()]
+        out.append(EncodedWindows(codes[at:at + c], nsym[at:at + c], exceptions))
+        at += c
+    return out
+
+
+def decode_windows(encoded: Sequence[EncodedWindows], model: ContextModel, budget_bits: int, precision: int,
+                   eos: int | None, batch: int = 256) -> list[torch.Tensor]:
+    """Inverse of encode_windows: each document's symbols (int64, without the
+    EOS). Windows decode by the rule; exceptions by their stored count.
+    Documents may be decoded in any batch size and order: each window needs
+    only its own code and the model."""
+    device = _model_device(model)
+    n = len(encoded)
+    nb = budget_bits // 8
+    counts = torch.tensor([len(e.codes) for e in encoded], dtype=torch.int64)
+    all_codes = torch.cat([e.codes.reshape(-1, nb) for e in encoded]).to(device) if n else torch.zeros(0, nb, dtype=torch.uint8, device=device)
+    caps = torch.full((len(all_codes),), model.max_symbols, dtype=torch.int64)
+    first = torch.cumsum(counts, 0) - counts
+    for d, e in enumerate(encoded):
+        for w, c in e.exceptions:
+            caps[first[d] + w] = c
+    caps = caps.to(device)
+    first, counts = first.to(device), counts.to(device)
+    B = max(1, min(batch, n))
+    dec = WindowDecoder(B, budget_bits, precision, eos if eos is not None else -1, device)
+    slot_doc = torch.full((B,), -1, dtype=torch.int64, device=device)
+    slot_win = torch.zeros(B, dtype=torch.int64, device=device)  # global window index
+    slot_last = torch.zeros(B, dtype=torch.int64, device=device)  # one past the doc's last window
+    wlen = torch.zeros(B, dtype=torch.int64, device=device)
+    tokens = torch.full((B,), model.bos, dtype=torch.int64, device=device)
+    next_doc = 0
+    out_doc, out_sym = [], []
+
+    def start_windows(mask: torch.Tensor) -> None:
+        idx = slot_win.clamp(max=max(len(all_codes) - 1, 0))
+        if len(all_codes):
+            dec.start(all_codes[idx], mask, torch.where(mask, caps[idx], torch.zeros_like(idx)))
+        wlen[mask] = 0
+        tokens[mask] = model.bos
+
+    def refill(free: torch.Tensor) -> torch.Tensor:
+        nonlocal next_doc
+        slots = torch.nonzero(free).flatten()
+        k = min(len(slots), n - next_doc)
+        slot_doc[slots] = -1
+        if k:
+            s = slots[:k]
+            ids = torch.arange(next_doc, next_doc + k, device=device)
+            next_doc += k
+            slot_doc[s], slot_win[s], slot_last[s] = ids, first[ids], first[ids] + counts[ids]
+        # Slots whose document has no windows are finished at once.
+        return (slot_doc >= 0) & (slot_win >= slot_last) & free
+
+    free = torch.ones(B, dtype=torch.bool, device=device)
+    while True:
+        empty = refill(free)
+        while bool(empty.any()):
+            empty = refill(empty)
+        starting = free & (slot_doc >= 0)
+        if bool(starting.any()):
+            start_windows(starting)
+        active = slot_doc >= 0
+        if not bool(active.any()):
+            break
+        dist = model(tokens, wlen)
+        sym, ended = dec.step(dist, logits=model.logits)
+        got = active & (sym >= 0)
+        is_eos = got & (sym == (eos if eos is not None else -2))
+        keep = got & ~is_eos
+        if bool(keep.any()):
+            idx = torch.nonzero(keep).flatten()
+            out_doc.append(slot_doc[idx])
+            out_sym.append(sym[idx])
+        wlen = torch.where(got, wlen + 1, wlen)
+        tokens = torch.where(got, sym, tokens)
+        # A window ended: move to the document's next window, or finish it.
+        nxt = active & ended & ~is_eos
+        slot_win = torch.where(nxt, slot_win + 1, slot_win)
+        more = nxt & (slot_win < slot_last)
+        if bool(more.any()):
+            start_windows(more)
+        free = is_eos | (nxt & ~more)
+    return _group_symbols(out_doc, out_sym, n)
+
+
+def _group_symbols(out_doc, out_sym, n: int) -> list[torch.Tensor]:
+    if not out_doc:
+        return [torch.zeros(0, dtype=torch.int64) for _ in range(n)]
+    doc = torch.cat(out_doc).cpu()
+    sym = torch.cat(out_sym).cpu()
+    order = torch.sort(doc, stable=True).indices
+    doc, sym = doc[order], sym[order]
+    return list(torch.split(sym, torch.bincount(doc, minlength=n).tolist()))
+
+
+def _model_device(model) -> torch.device:
+    return torch.device(getattr(model, "device", "cpu"))
+
+
+# --------------------------------------------------------- plain AC streams
+def encode_streams(docs, model: ContextModel, precision: int, eos: int | None, batch: int = 256):
+    """Plain AC: each document (plus eos) is one arithmetic-coded stream; the
+    model's context restarts every max_symbols symbols. Returns a list of
+    (code bytes uint8 tensor, nbits)."""
+    docs = _as_symbol_docs(docs)
+    tails = [eos] if eos is not None else []
+    seqs = [torch.cat([d.to(torch.int64).reshape(-1), torch.tensor(tails, dtype=torch.int64)]) for d in docs]
+    device = _model_device(model)
+    out: list[tuple[torch.Tensor, int]] = [None] * len(seqs)  # type: ignore[list-item]
+    # Streams run in lockstep inside a batch, so batch documents of similar length.
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for lo in range(0, len(order), batch):
+        ids = order[lo:lo + batch]
+        T = max([len(seqs[i]) for i in ids] + [0])
+        sym = torch.full((len(ids), T), -1, dtype=torch.int64)
+        for r, i in enumerate(ids):
+            sym[r, : len(seqs[i])] = seqs[i]
+        sym = sym.to(device)
+        enc = StreamEncoder(len(ids), max_encoded_bytes(T, precision), precision, device)
+        for t in range(T):
+            prev = sym[:, t - 1] if t else torch.zeros(len(ids), dtype=torch.int64, device=device)
+            dist = model(*_stream_inputs(prev, t, model))
+            enc.step(dist, sym[:, t], logits=model.logits)
+        data, nbits = enc.finish()
+        data, nbits = data.cpu(), nbits.cpu()
+        for r, i in enumerate(ids):
+            nbytes = (int(nbits[r]) + 7) // 8
+            out[i] = (data[r, :nbytes].clone(), int(nbits[r]))
+    return out
+
+
+def _stream_inputs(prev: torch.Tensor, t: int, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs that predict symbol t: BOS at position 0 at each context
+    restart, else the previous symbol at its position inside the context."""
+    p = t % model.max_symbols
+    if p == 0:
+        return torch.full_like(prev, model.bos), torch.zeros_like(prev)
+    return prev.clamp(min=0), torch.full_like(prev, p)
+
+
+def decode_streams(encoded: Sequence[tuple[torch.Tensor, int]], model: ContextModel, precision: int,
+                   eos: int | None, lengths: Sequence[int] | None = None, batch: int = 256):
+    """Inverse of encode_streams: each document's symbols (without the EOS).
+
+    lengths (symbols per document, without EOS) bounds the decoding: with eos
+    given it is optional, and a stream that does not end in EOS exactly there
+    is reported as corrupt (or coded with another model)."""
+    if eos is None and lengths is None:
+        raise ValueError("decode_streams needs eos or lengths to know where each stream ends")
+    device = _model_device(model)
+    n = len(encoded)
+    results: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
+    for lo in range(0, n, batch):
+        ids = list(range(lo, min(lo + batch, n)))
+        N = max([len(encoded[i][0]) for i in ids] + [1])
+        data = torch.zeros(len(ids), N, dtype=torch.uint8)
+        for r, i in enumerate(ids):
+            data[r, : len(encoded[i][0])] = encoded[i][0]
+        nbits = torch.tensor([encoded[i][1] for i in ids], dtype=torch.int64)
+        if lengths is not None:
+            limit = torch.tensor([lengths[i] + (eos is not None) for i in ids], dtype=torch.int64)
+        else:
+            # Without lengths, the cheapest symbol bounds how many symbols a
+            # stream of nbits can hold; past that it is corrupt.
+            limit = nbits * (1 << precision) + model.max_symbols
+        limit = limit.to(device)
+        dec = StreamDecoder(data.to(device), nbits.to(device), precision)
+        active = limit > 0
+        prev = torch.zeros(len(ids), dtype=torch.int64, device=device)
+        hist = []
+        t = 0
+        while bool(active.any()):
+            dist = model(*_stream_inputs(prev, t, model))
+            sym = dec.step(dist, active, logits=model.logits)
+            hist.append(sym)
+            prev = torch.where(active, sym, prev)
+            t += 1
+            if eos is not None:
+                active &= sym != eos
+            active &= limit > t
+        seqs = torch.stack(hist, 1).cpu() if hist else torch.zeros(len(ids), 0, dtype=torch.int64)
+        for r, i in enumerate(ids):
+            row = seqs[r][seqs[r] >= 0]
+            if eos is not None:
+                if not len(row) or int(row[-1]) != eos:
+                    raise ValueError(f"document {i}: the stream did not end with EOS where expected: "
+                                     f"the data is corrupt or was coded with another M1")
+                row = row[:-1]
+            results[i] = row
+    return results
