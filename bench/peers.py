@@ -1,0 +1,339 @@
+"""ncx's native coder against its named peers, constriction and torchac, in one run.
+
+    python bench/peers.py                     # 1,000,000 symbols (about 2-3 minutes on 2 cores)
+    python bench/peers.py --quick             # 100,000 symbols, a smoke run
+    python bench/peers.py --json peers.json   # also write every figure as JSON
+
+The data: N positions, each with its own 256-ary distribution shaped like a
+language model's next-byte prediction (Zipf-like logits over a random order of
+the bytes, with an exponent that wanders along the sequence, so the entropy is
+about 0.5-4 bits, mean about 2), float32 probabilities [N, 256], and a symbol
+sampled from each. Every coder takes the float32 probabilities and does its own
+quantization inside the timed region:
+
+- ncx: ops.encode / ops.decode over [1, N, 256] (one stream), precision 24
+  (the precision constriction's default range coder uses) and 16 (torchac's);
+- constriction: stream.queue.RangeEncoder / RangeDecoder with the model family
+  stream.model.Categorical(perfect=False) and one probability row per symbol;
+- torchac: encode_float_cdf / decode_float_cdf. torchac consumes CDFs, so its
+  time includes building them (a cumsum with a leading 0: [N, 257]) and its own
+  float-to-int16 normalization.
+
+Everything single-stream runs on one CPU thread (torch.set_num_threads(1)).
+Each figure is the median of --repeats runs; every round trip is checked for
+exactness. Then the same data split into B streams ([B, N / B, 256]) goes
+through ops.encode / ops.decode with 1 and 2 threads, for the multi-core
+speedup.
+
+Targets (issue 2): ncx >= 2.5x constriction for encode and for decode on one
+thread; >= 1.8x speedup on 2 cores for multi-stream.
+
+The data generator (lm_like) and the provenance record are shared with the
+other bench scripts; the peers are imported only here, lazily, because the GPU
+machine does not have them.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # run from anywhere without an install
+
+from ncx import ops  # noqa: E402
+
+
+# ------------------------------------------------------------------ data
+def _fold(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Reflect x into [lo, hi] (a random walk that bounces off both walls)."""
+    w = hi - lo
+    y = torch.remainder(x - lo, 2 * w)
+    return lo + torch.where(y > w, 2 * w - y, y)
+
+
+def lm_like(n: int, V: int = 256, seed: int = 0, device="cpu", chunk: int = 1 << 16):
+    """LM-like distributions and symbols sampled from them.
+
+    Returns (probs float32 [n, V], each row summing to ~1; symbols int64 [n]).
+    Row t: logits = -s_t * log(1 + V * u), u ~ U(0, 1)^V (a Zipf law over a
+    random order of the alphabet), s_t a random walk folded into [1.6, 4.5];
+    entropy about 0.5-4 bits (5th-95th percentile), mean about 2.1 bits.
+    Deterministic for a given (n, V, seed, device); built in chunks of rows so
+    a large request never holds more than one chunk of temporaries.
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
+    steps = torch.randn(n, generator=g, device=device).mul_(0.05)
+    s = _fold(2.5 + torch.cumsum(steps, 0), 1.6, 4.5)  # (n,)
+    probs = torch.empty(n, V, dtype=torch.float32, device=device)
+    symbols = torch.empty(n, dtype=torch.int64, device=device)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        u = torch.rand(b - a, V, generator=g, device=device)
+        logits = torch.log1p(u.mul_(V)).mul_(-s[a:b, None])
+        p = torch.softmax(logits, -1)  # (c, V)
+        probs[a:b] = p
+        # Inverse-CDF sampling (much faster than torch.multinomial on CPU).
+        cdf = torch.cumsum(p, -1)
+        r = torch.rand(b - a, 1, generator=g, device=device).mul_(cdf[:, -1:])
+        symbols[a:b] = torch.searchsorted(cdf, r).clamp_(max=V - 1).squeeze(1)
+    return probs, symbols
+
+
+def ideal_bits(probs: torch.Tensor, symbols: torch.Tensor) -> float:
+    """sum of -log2 p(symbol) in float64: what an ideal coder would spend."""
+    p = probs.gather(-1, symbols.unsqueeze(-1)).double()
+    p = p / probs.double().sum(-1, keepdim=True)
+    return float(-torch.log2(p).sum())
+
+
+def provenance() -> dict:
+    """Where a figure came from: git commit, machine, versions, date."""
+    def run(cmd):
+        try:
+            return subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:
+            return ""
+    cpu = ""
+    for line in run(["lscpu"]).splitlines():
+        if line.startswith("Model name:"):
+            cpu = line.split(":", 1)[1].strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": run(["git", "rev-parse", "HEAD"]),
+        "git_dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        # Other work on a shared machine skews timings: keep the load beside them.
+        "loadavg_1min": os.getloadavg()[0],
+    }
+
+
+# ---------------------------------------------------------------- timing
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+# ----------------------------------------------------------------- coders
+# Each coder is (encode: () -> code, decode: code -> symbols, size_bits: code -> int,
+# same: decoded -> bool). The rounds interleave the coders, so a change of load on
+# a shared machine hits all of them alike and the ratios stay fair.
+def ncx_coder(probs, symbols, precision):
+    dist, sym = probs[None], symbols[None]  # (1, N, 256), (1, N)
+    return (
+        lambda: ops.encode(dist, sym, precision=precision),
+        lambda code: ops.decode(dist, code[0], code[1], precision=precision),
+        lambda code: int(code[1][0]),
+        lambda out: torch.equal(out[0], symbols),
+    )
+
+
+def constriction_coder(probs, symbols):
+    import constriction
+    import numpy as np
+
+    family = constriction.stream.model.Categorical(perfect=False)
+    sym = symbols.to(torch.int32).numpy()
+
+    def encode():
+        encoder = constriction.stream.queue.RangeEncoder()
+        encoder.encode(sym, family, probs.numpy())
+        return encoder.get_compressed()
+
+    def decode(code):
+        return constriction.stream.queue.RangeDecoder(code).decode(family, probs.numpy())
+
+    # The queue coder's output is whole 32-bit words.
+    return encode, decode, lambda code: int(code.nbytes) * 8, lambda out: np.array_equal(out, sym)
+
+
+def torchac_cdf(probs):
+    """torchac consumes CDFs [N, V+1] starting at 0 (it normalizes them itself)."""
+    cdf = torch.zeros(probs.shape[0], probs.shape[1] + 1, dtype=torch.float32)
+    torch.cumsum(probs, -1, out=cdf[:, 1:])
+    return cdf
+
+
+def torchac_coder(probs, symbols):
+    import torchac
+
+    sym = symbols.to(torch.int16)
+    return (
+        lambda: torchac.encode_float_cdf(torchac_cdf(probs), sym),
+        lambda code: torchac.decode_float_cdf(torchac_cdf(probs), code),
+        lambda code: len(code) * 8,
+        lambda out: torch.equal(out.to(torch.int64), symbols),
+    )
+
+
+def race(coders: dict, repeats: int) -> dict:
+    """Median encode and decode seconds per coder over interleaved rounds,
+    with each coder's size in bits; every round trip must be exact."""
+    enc_t = {k: [] for k in coders}
+    dec_t = {k: [] for k in coders}
+    size = {}
+    for _ in range(repeats):
+        for name, (encode, decode, size_bits, same) in coders.items():
+            t, code = timed(encode)
+            enc_t[name].append(t)
+            t, out = timed(lambda: decode(code))
+            dec_t[name].append(t)
+            if not same(out):
+                raise SystemExit(f"{name}: round trip is not exact")
+            size[name] = size_bits(code)
+    return {k: (statistics.median(enc_t[k]), statistics.median(dec_t[k]), size[k]) for k in coders}
+
+
+def run_multistream(probs, symbols, streams, precision, repeats):
+    """ops.encode / decode over [B, N / B, V] with 1 and 2 threads (interleaved)."""
+    rows = []
+    for B in streams:
+        T = probs.shape[0] // B
+        dist = probs[: B * T].view(B, T, -1)
+        sym = symbols[: B * T].view(B, T)
+        times = {(op, th): [] for op in ("encode", "decode") for th in (1, 2)}
+        for _ in range(repeats):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                t, (data, nbits) = timed(lambda: ops.encode(dist, sym, precision=precision))
+                times["encode", threads].append(t)
+                t, out = timed(lambda: ops.decode(dist, data, nbits, precision=precision))
+                times["decode", threads].append(t)
+                if not torch.equal(out, sym):
+                    raise SystemExit(f"ncx B={B}: round trip is not exact")
+        row = {"B": B, "T": T, "symbols": B * T, "bits": int(nbits.sum())}
+        for (op, th), ts in times.items():
+            row[f"{op}_msym_s_{th}t"] = B * T / statistics.median(ts) / 1e6
+        row["encode_speedup"] = row["encode_msym_s_2t"] / row["encode_msym_s_1t"]
+        row["decode_speedup"] = row["decode_msym_s_2t"] / row["decode_msym_s_1t"]
+        rows.append(row)
+    torch.set_num_threads(1)
+    return rows
+
+
+# ------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000, help="symbols (default 1,000,000)")
+    ap.add_argument("--quick", action="store_true", help="100,000 symbols, 3 repeats: a smoke run")
+    ap.add_argument("--repeats", type=int, default=5, help="runs per figure; the median is reported")
+    ap.add_argument("--streams", default="2,64", help="comma-separated B for the multi-stream part")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write all figures to this path")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.repeats = 100_000, 3
+    streams = [int(b) for b in args.streams.split(",") if b]
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    probs, symbols = lm_like(args.n, 256, args.seed)
+    n = args.n
+    ideal = ideal_bits(probs, symbols)
+    print(f"data: {n:,} symbols, V=256, ideal {ideal / n:.4f} bits/symbol "
+          f"(generated in {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    results = []
+
+    def record(name, t_enc, t_dec, bits, note=""):
+        r = {
+            "coder": name,
+            "encode_msym_s": n / t_enc / 1e6,
+            "decode_msym_s": n / t_dec / 1e6,
+            "bits": bits,
+            "bits_per_symbol": bits / n,
+            "over_ideal_pct": 100.0 * (bits - ideal) / ideal,
+            "note": note,
+        }
+        results.append(r)
+        print(f"  {name:<22} encode {r['encode_msym_s']:7.3f} Msym/s  decode {r['decode_msym_s']:7.3f} Msym/s  "
+              f"{r['bits_per_symbol']:.5f} bits/sym (+{r['over_ideal_pct']:.4f}% over ideal)", flush=True)
+        return r
+
+    print(f"one stream, one thread, median of {args.repeats} interleaved rounds:", flush=True)
+    coders = {
+        "ncx P=24": ncx_coder(probs, symbols, 24),
+        "ncx P=16": ncx_coder(probs, symbols, 16),
+        "constriction (P=24)": constriction_coder(probs, symbols),
+        "torchac (P=16)": torchac_coder(probs, symbols),
+    }
+    timings = race(coders, args.repeats)
+    t_cdf = statistics.median(timed(lambda: torchac_cdf(probs))[0] for _ in range(args.repeats))
+    notes = {
+        "constriction (P=24)": "RangeEncoder, Categorical(perfect=False); size in whole 32-bit words",
+        "torchac (P=16)": f"times include building the CDF (cumsum, {n / t_cdf / 1e6:.1f} Msym/s alone) "
+                          f"and torchac's float->int16 normalization",
+    }
+    for name, (t_enc, t_dec, bits) in timings.items():
+        record(name, t_enc, t_dec, bits, notes.get(name, ""))
+    ncx = {24: results[0], 16: results[1]}
+    con, tac = results[2], results[3]
+    tac["cdf_only_msym_s"] = n / t_cdf / 1e6
+
+    ratios = {
+        f"ncx_P{P}_over_constriction": {
+            "encode": ncx[P]["encode_msym_s"] / con["encode_msym_s"],
+            "decode": ncx[P]["decode_msym_s"] / con["decode_msym_s"],
+        }
+        for P in (24, 16)
+    }
+    ratios["ncx_P16_over_torchac"] = {
+        "encode": ncx[16]["encode_msym_s"] / tac["encode_msym_s"],
+        "decode": ncx[16]["decode_msym_s"] / tac["decode_msym_s"],
+    }
+    for k, v in ratios.items():
+        print(f"  {k:<30} encode {v['encode']:.2f}x  decode {v['decode']:.2f}x", flush=True)
+
+    print(f"multi-stream ncx P=24, median of {args.repeats} interleaved rounds:", flush=True)
+    multi = run_multistream(probs, symbols, streams, 24, args.repeats)
+    for r in multi:
+        print(f"  B={r['B']:<5} T={r['T']:<8} encode {r['encode_msym_s_1t']:.3f} -> {r['encode_msym_s_2t']:.3f} "
+              f"Msym/s ({r['encode_speedup']:.2f}x)  decode {r['decode_msym_s_1t']:.3f} -> "
+              f"{r['decode_msym_s_2t']:.3f} Msym/s ({r['decode_speedup']:.2f}x)", flush=True)
+
+    targets = {
+        "encode_ncx_ge_2.5x_constriction": ratios["ncx_P24_over_constriction"]["encode"] >= 2.5,
+        "decode_ncx_ge_2.5x_constriction": ratios["ncx_P24_over_constriction"]["decode"] >= 2.5,
+        "multistream_ge_1.8x_on_2_cores": all(
+            min(r["encode_speedup"], r["decode_speedup"]) >= 1.8 for r in multi if r["B"] >= 2
+        ),
+    }
+    print(f"load average (1 min): {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+          f"({os.cpu_count()} CPUs)")
+    print("targets: " + ", ".join(f"{k} {'MET' if v else 'NOT MET'}" for k, v in targets.items()), flush=True)
+    report = {
+        "provenance": provenance(),
+        "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
+        "args": vars(args),
+        "symbols": n,
+        "ideal_bits": ideal,
+        "ideal_bits_per_symbol": ideal / n,
+        "single_stream_1_thread": results,
+        "ratios": ratios,
+        "multi_stream": multi,
+        "targets": targets,
+        "wall_s": time.perf_counter() - t0,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
