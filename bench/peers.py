@@ -28,8 +28,8 @@ speedup.
 Targets (issue 2): ncx >= 2.5x constriction for encode and for decode on one
 thread; >= 1.8x speedup on 2 cores for multi-stream.
 
-The data generator (lm_like) and the provenance record are shared with the
-other bench scripts; the peers are imported only here, lazily, because the GPU
+The data generator (lm_like), started_window_decoder and the provenance record
+are shared with the other bench scripts; the peers are imported only here, lazily, because the GPU
 machine does not have them.
 """
 from __future__ import annotations
@@ -118,6 +118,33 @@ def provenance() -> dict:
         # Other work on a shared machine skews timings: keep the load beside them.
         "loadavg_1min": os.getloadavg()[0],
     }
+
+
+def started_window_decoder(dist: torch.Tensor, symbols: torch.Tensor, precision: int, budget_bits: int,
+                           cap: int = 64) -> torch.Tensor:
+    """A window decoder state (int64 [B, words]) holding one real window per
+    stream, before its first symbol: the window the encoder closes first when
+    fed the row dist[b] (float32 [B, V]) and symbols[b] ([B]) again and again.
+    Windows are capped at cap symbols (M1's context in real use), so a
+    near-certain symbol still closes its window soon."""
+    _ops = torch.ops.ncx
+    B, device = dist.shape[0], dist.device
+    enc = ops.new_state("window_encoder", B, device)
+    codes = torch.zeros(B, budget_bits // 8, dtype=torch.uint8, device=device)
+    counts = torch.full((B,), cap, dtype=torch.int64, device=device)
+    closed = torch.zeros(B, dtype=torch.bool, device=device)
+    for _ in range(cap + 1):
+        event, c, nsym, _, status = _ops.window_encode_step(enc, dist, symbols, precision, False, budget_bits, cap)
+        ops.check_status(status, "stream")
+        new = (event > 0) & ~closed
+        codes[new] = c[new]
+        exc = new & (event == 2)  # an exception decodes by its stored count
+        counts[exc] = nsym[exc].to(torch.int64)
+        closed |= new
+    assert bool(closed.all()), "some window never closed"
+    state = ops.new_state("window_decoder", B, device)
+    _ops.window_decode_start(state, codes, torch.ones(B, dtype=torch.bool, device=device), counts, budget_bits)
+    return state
 
 
 # ---------------------------------------------------------------- timing

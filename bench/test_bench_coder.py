@@ -26,7 +26,7 @@ import torch
 
 from conftest import DEVICES, sync
 from ncx import ops
-from peers import lm_like
+from peers import lm_like, started_window_decoder
 
 V = 257
 TOTAL = 65536          # symbols per whole-sequence call
@@ -165,30 +165,6 @@ def test_window_encode_step(benchmark, rate, data, device, B):
     rate(B)
 
 
-def _started_window_decoder(dist, sym, device):
-    """A window decoder state with one real window per stream (the encoder's
-    first closed window of the row's symbol repeated), before its first symbol.
-    Windows are capped at CAP symbols (M1's context length in real use), so a
-    near-certain symbol still closes its window soon."""
-    B, CAP = dist.shape[0], 64
-    enc = ops.new_state("window_encoder", B, device)
-    codes = torch.zeros(B, BUDGET // 8, dtype=torch.uint8, device=device)
-    counts = torch.full((B,), CAP, dtype=torch.int64, device=device)
-    closed = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(CAP + 1):
-        event, c, nsym, _, status = _ops.window_encode_step(enc, dist, sym, P_WINDOW, False, BUDGET, CAP)
-        assert not bool(status.any())
-        new = (event > 0) & ~closed
-        codes[new] = c[new]
-        exc = new & (event == 2)  # an exception decodes by its stored count
-        counts[exc] = nsym[exc].to(torch.int64)
-        closed |= new
-    assert bool(closed.all()), "some window never closed"
-    state = ops.new_state("window_decoder", B, device)
-    _ops.window_decode_start(state, codes, torch.ones(B, dtype=torch.bool, device=device), counts, BUDGET)
-    return state
-
-
 @bench_mark
 @pytest.mark.parametrize("B", STREAMS)
 def test_window_decode_step(benchmark, rate, data, device, B):
@@ -196,7 +172,7 @@ def test_window_decode_step(benchmark, rate, data, device, B):
     # started state first (a copy of B * 8 * WINDOW_DECODER_WORDS bytes, which
     # is included in the time) and decodes the window's first symbol.
     dist, sym = data[0][:B], data[1][:B]
-    start = _started_window_decoder(dist, sym, device)
+    start = started_window_decoder(dist, sym, P_WINDOW, BUDGET)
     state = start.clone()
 
     def run():
