@@ -1,0 +1,495 @@
+"""Train M2 on a token dataset and measure it the paper's way (`ncx train-m2`).
+
+Data. The train dataset's shards, concatenated in order, form one token stream. A training
+step takes `batch_size` windows of seq_len + 1 tokens starting at uniformly random offsets of
+that stream (windows cross document and shard boundaries, as in the paper's packed
+sequences): inputs are the first seq_len tokens, targets the last seq_len. The offsets of
+step k are a pure function of (seed, k), so the sampler's whole state is the step number:
+resuming at step k draws exactly the batches an uninterrupted run would have drawn.
+
+Held-out evaluation scores every token of the valid dataset once, in fixed order: its
+stream is cut into consecutive chunks of seq_len + 1 tokens that overlap by one, so each
+token after the first is predicted exactly once (from the tokens before it in its chunk).
+With L the mean loss over those predictions (nats), N the valid tokens and B their raw bytes,
+    bits/byte = N / B x L / ln 2          (metrics.bits_per_byte)
+
+Optimization: AdamW (betas 0.9, 0.95; weight decay on matrices only), linear warmup to `lr`
+over `warmup` steps, then cosine decay to lr x min_lr_ratio at the last step, gradient
+clipping by global norm. `batch_size` is the global batch: under torchrun each of the W ranks
+takes its own batch_size / W of the step's windows and DDP averages the gradients, so a run
+on W processes follows the one-process run (up to float summation order).
+
+Checkpoints (RUN_DIR/checkpoint.pt, written atomically) hold the model, the optimizer, every
+rank's RNG state, the step (which is the sampler's state), the history and the timings;
+`--resume` continues from one and ends with the same weights as a run never interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import metrics
+from .dataset import TokenDataset, open_dataset
+from .m2 import M2, PRESETS, M2Config, preset
+
+__all__ = ["train_m2", "load_model", "TokenStream", "lr_at", "add_arguments", "run"]
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+CHECKPOINT_FORMAT = ("ncx-m2-checkpoint", 1)
+# Settings a resumed run must share with the checkpoint, or it would not be the same run.
+RUN_IDENTITY = ("config", "steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup",
+                "weight_decay", "grad_clip", "seed", "micro_batch_size")
+
+
+class TokenStream:
+    """A dataset's shards as one read-only token stream (no copy: the shards stay memmaps)."""
+
+    def __init__(self, ds: TokenDataset):
+        self.parts = list(ds.iter_shards())
+        sizes = np.array([len(p) for p in self.parts], dtype=np.int64)
+        self.ends = np.cumsum(sizes)  # stream position just past each shard
+        self.starts = self.ends - sizes
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) as int64 [length], gathered across shards."""
+        if start < 0 or start + length > len(self):
+            raise IndexError(f"window [{start}, {start + length}) outside the stream of {len(self)}")
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        part = int(np.searchsorted(self.ends, start, side="right"))
+        while filled < length:
+            lo = start + filled - int(self.starts[part])
+            piece = self.parts[part][lo:lo + length - filled]
+            out[filled:filled + len(piece)] = piece
+            filled += len(piece)
+            part += 1
+        return out
+
+
+def window_offsets(seed: int, step: int, count: int, stream_len: int, window: int) -> np.ndarray:
+    """The `count` window starts of one step: int64 [count], uniform in [0, stream_len - window].
+    Counter-based (seeded by (seed, step)), so no sampler state needs saving."""
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, stream_len - window + 1, size=count, dtype=np.int64)
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int, min_lr_ratio: float) -> float:
+    """Learning rate of step `step` (0-based) of `steps`: linear warmup from lr/warmup to lr
+    over `warmup` steps, then cosine from lr down to lr x min_lr_ratio at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - 1 - warmup)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, stream: TokenStream, seq_len: int, batch_size: int,
+             device: torch.device, autocast, rank: int = 0, world: int = 1) -> tuple[float, int]:
+    """Sum of the held-out loss (nats) over every prediction in the stream, and the number of
+    predictions (len(stream) - 1). Ranks score interleaved chunks; the sums are all-reduced."""
+    n = len(stream)
+    starts = list(range(0, n - 1, seq_len))[rank::world]  # chunk i: tokens [s, s + seq_len + 1)
+    full = [s for s in starts if s + seq_len + 1 <= n]
+    last = [s for s in starts if s + seq_len + 1 > n]  # the stream's tail, shorter
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, predictions)
+    was_training = model.training
+    model.eval()
+    batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in last]
+    for batch in batches:
+        width = min(seq_len + 1, n - batch[0])
+        w = torch.from_numpy(np.stack([stream.read(s, width) for s in batch])).to(device)  # (b, T+1)
+        with autocast:
+            logits = model(w[:, :-1])  # (b, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten(), reduction="sum")
+        total += torch.stack([loss.double(), torch.tensor(w[:, 1:].numel(), device=device).double()])
+    if world > 1:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return float(total[0]), int(total[1])
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train_m2(
+    train_ds: TokenDataset | str | os.PathLike,
+    valid_ds: TokenDataset | str | os.PathLike,
+    config: M2Config | str,
+    steps: int,
+    *,
+    batch_size: int = 32,
+    seq_len: int | None = None,
+    lr: float = 1e-3,
+    min_lr_ratio: float = 0.1,
+    warmup: int = 100,
+    weight_decay: float = 0.1,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    micro_batch_size: int | None = None,
+    eval_every: int = 0,
+    eval_batch_size: int | None = None,
+    checkpoint_every: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    time_limit: float | None = None,
+    stop_after: int | None = None,
+    device: str | torch.device | None = None,
+    compile: bool | None = None,
+    bf16: bool | None = None,
+    m1_flops_per_byte: float | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train M2 for `steps` steps on train_ds, evaluate on all of valid_ds; return the summary.
+
+    train_ds, valid_ds: TokenDatasets (or their paths) of one method and vocabulary.
+    config: an M2Config (its vocab_size must be the datasets') or a preset name (PRESETS);
+        a preset's context is seq_len.
+    batch_size: global sequences per step (divisible by the world size under torchrun);
+        micro_batch_size splits each rank's share for gradient accumulation.
+    seq_len: tokens per training sequence (default: the config's context, 512 for presets).
+    eval_every: evaluate every this many steps (0: only at the end); checkpoint_every
+        (default eval_every) saves RUN_DIR/checkpoint.pt; one is also saved when the run stops.
+    out_dir: RUN_DIR for checkpoint.pt and summary.json (None: nothing written, no resume).
+    resume: continue from RUN_DIR/checkpoint.pt when there is one (all RUN_IDENTITY settings
+        must match it); without resume an existing checkpoint is an error.
+    time_limit: seconds of wall time for this call; stop_after: step to stop at. Either one
+        checkpoints and returns early ("completed": false) so a later --resume continues.
+    device: default cuda (the LOCAL_RANK device under torchrun) when available, else cpu.
+    compile, bf16: torch.compile and bf16 autocast; default on with CUDA, and CUDA only.
+    m1_flops_per_byte: M1's cost for FLOPs/byte; default the train manifest's
+        extra["m1_flops_per_byte"], else 0 (methods without M1).
+    Under torch.distributed (initialized by the caller, e.g. `run` under torchrun) the
+    ranks split the batch and rank 0 writes the files; every rank returns the summary.
+
+    Returns the summary dict (also RUN_DIR/summary.json): bits_per_byte,
+    uniform_bits_per_byte, flops_per_byte, tokens_per_second, steps, valid_loss_nats, ...
+    """
+    started = time.perf_counter()
+    train_ds = train_ds if isinstance(train_ds, TokenDataset) else open_dataset(train_ds)
+    valid_ds = valid_ds if isinstance(valid_ds, TokenDataset) else open_dataset(valid_ds)
+    if train_ds.vocab_size != valid_ds.vocab_size or train_ds.method.get("name") != valid_ds.method.get("name"):
+        raise ValueError(f"train ({train_ds.method.get('name')}, vocab {train_ds.vocab_size}) and valid "
+                         f"({valid_ds.method.get('name')}, vocab {valid_ds.vocab_size}) datasets differ")
+    if isinstance(config, str):
+        config = preset(config, train_ds.vocab_size, context=seq_len or 512)
+    if config.vocab_size != train_ds.vocab_size:
+        raise ValueError(f"config.vocab_size {config.vocab_size} != the datasets' {train_ds.vocab_size}")
+    seq_len = seq_len or config.context
+    if seq_len > config.context:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's context {config.context}")
+
+    rank, world = _dist_info()
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world}")
+    local_batch = batch_size // world
+    micro_batch_size = micro_batch_size or local_batch
+    if local_batch % micro_batch_size:
+        raise ValueError(f"micro_batch_size {micro_batch_size} must divide the per-rank batch {local_batch}")
+    if steps < 1 or warmup < 0 or eval_every < 0:
+        raise ValueError(f"need steps >= 1, warmup >= 0 and eval_every >= 0, got {steps}, {warmup}, {eval_every}")
+    checkpoint_every = eval_every if checkpoint_every is None else checkpoint_every
+
+    if device is None:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    compile, bf16 = (on_cuda if compile is None else compile), (on_cuda if bf16 is None else bf16)
+    if (compile or bf16) and not on_cuda:
+        raise ValueError("compile and bf16 are for CUDA devices only")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
+
+    train_stream, valid_stream = TokenStream(train_ds), TokenStream(valid_ds)
+    if len(train_stream) < seq_len + 1:
+        raise ValueError(f"{train_ds.path}: {len(train_stream)} tokens, a training window needs {seq_len + 1}")
+    if len(valid_stream) < 2:
+        raise ValueError(f"{valid_ds.path}: the valid dataset needs at least 2 tokens")
+    if m1_flops_per_byte is None:
+        m1_flops_per_byte = float(train_ds.manifest.get("extra", {}).get("m1_flops_per_byte", 0.0))
+
+    identity = {"config": asdict(config), "steps": steps, "batch_size": batch_size, "seq_len": seq_len,
+                "lr": lr, "min_lr_ratio": min_lr_ratio, "warmup": warmup, "weight_decay": weight_decay,
+                "grad_clip": grad_clip, "seed": seed, "micro_batch_size": micro_batch_size}
+    out_dir = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out_dir / CHECKPOINT if out_dir is not None else None
+    checkpoint = None
+    if ckpt_path is not None and ckpt_path.exists():
+        if not resume:
+            raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue that run, "
+                             f"or choose a new run directory")
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{ckpt_path}: not an {CHECKPOINT_FORMAT[0]} v{CHECKPOINT_FORMAT[1]} file")
+        if diff := [k for k in RUN_IDENTITY if checkpoint["identity"].get(k) != identity[k]]:
+            raise ValueError(f"{ckpt_path}: cannot resume, settings differ from the checkpoint's: "
+                             + ", ".join(f"{k} {checkpoint['identity'].get(k)!r} -> {identity[k]!r}" for k in diff))
+
+    torch.manual_seed(seed)  # the same initial weights on every rank and in every run
+    model = M2(config).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.95), fused=on_cuda,
+    )
+    step, history, train_time, tokens_trained = 0, [], 0.0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step, history = checkpoint["step"], checkpoint["history"]
+        train_time, tokens_trained = checkpoint["train_time_s"], checkpoint["tokens_trained"]
+        rng = checkpoint["rng"]
+        if len(rng) == world:
+            _set_rng_state(rng[rank], device)
+        else:  # another world size: dropout masks cannot continue, weights and data still do
+            torch.manual_seed(seed + 1 + rank + step)
+    else:
+        torch.manual_seed(seed + 1 + rank)  # dropout masks differ between ranks
+
+    forward_model = torch.compile(model) if compile else model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(forward_model, device_ids=[device] if on_cuda else None)
+    else:
+        train_model = forward_model
+
+    def save_checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        rng_states = [None] * world
+        if world > 1:
+            dist.all_gather_object(rng_states, _rng_state(device))
+        else:
+            rng_states[0] = _rng_state(device)
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _save_atomic({"format": CHECKPOINT_FORMAT, "identity": identity, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "step": step, "rng": rng_states,
+                          "sampler": {"seed": seed, "step": step}, "history": history,
+                          "train_time_s": train_time, "tokens_trained": tokens_trained}, ckpt_path)
+
+    def run_eval() -> dict:
+        loss_sum, predictions = evaluate(forward_model, valid_stream, seq_len,
+                                         eval_batch_size or micro_batch_size, device, autocast, rank, world)
+        mean = loss_sum / predictions
+        return {"step": step, "valid_loss_nats": mean,
+                "bits_per_byte": metrics.bits_per_byte(mean, valid_ds.total_tokens, valid_ds.total_bytes)}
+
+    from tqdm.auto import tqdm
+    preset_name = _preset_of(config)
+    bar = tqdm(total=steps, initial=step, unit="step", dynamic_ncols=True,
+               disable=not progress or rank != 0, desc=f"M2 {preset_name or ''}".strip())
+    window = seq_len + 1
+    saved_step = step if checkpoint is not None else None
+    while step < steps and (stop_after is None or step < stop_after):
+        t0 = time.perf_counter()
+        offsets = window_offsets(seed, step, batch_size, len(train_stream), window)
+        local = offsets[rank * local_batch:(rank + 1) * local_batch]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
+        optimizer.zero_grad(set_to_none=True)
+        n_micro = local_batch // micro_batch_size
+        step_loss = torch.zeros((), device=device)
+        for j in range(n_micro):
+            rows = local[j * micro_batch_size:(j + 1) * micro_batch_size]
+            w = torch.from_numpy(np.stack([train_stream.read(int(s), window) for s in rows]))  # (b, T+1)
+            w = w.to(device, non_blocking=True)
+            # DDP all-reduces gradients in the last micro-batch's backward only.
+            sync = contextlib.nullcontext() if world == 1 or j == n_micro - 1 else train_model.no_sync()
+            with sync:
+                with autocast:  # bf16 matmuls; autocast runs the loss's log-softmax in float32
+                    logits = train_model(w[:, :-1])  # (b, T, V)
+                    # Each micro-batch's mean, weighted to make the rank's mean over its batch.
+                    loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten()) / n_micro
+                loss.backward()
+            step_loss += loss.detach()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        step += 1
+        tokens_trained += batch_size * seq_len
+        # Waiting for the device each step keeps step times honest; with batches big enough to
+        # fill a GPU the host's share (a few small numpy reads, kernel launches) is small.
+        loss_value = float(step_loss)
+        train_time += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_trained / train_time:,.0f}", refresh=False)
+
+        if step == steps or (eval_every and step % eval_every == 0):
+            history.append({**run_eval(), "train_loss_nats": loss_value})
+            if progress and rank == 0:
+                bar.write(f"step {step}: valid loss {history[-1]['valid_loss_nats']:.4f} nats/token, "
+                          f"{history[-1]['bits_per_byte']:.4f} bits/byte")
+        if checkpoint_every and step % checkpoint_every == 0:
+            save_checkpoint()
+            saved_step = step
+        if time_limit is not None:
+            flag = torch.tensor([time.perf_counter() - started >= time_limit], dtype=torch.int32, device=device)
+            if world > 1:  # every rank must stop at the same step
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if bool(flag):
+                break
+    bar.close()
+    completed = step >= steps
+    if completed and (not history or history[-1]["step"] != step):
+        history.append(run_eval())  # a resumed finished run still reports its final evaluation
+    if saved_step != step:
+        save_checkpoint()
+
+    last = history[-1] if history else {}
+    valid_bpt = valid_ds.bytes_per_token
+    n_params = model.non_embedding_params()
+    summary = {
+        "method": train_ds.method,
+        "preset": preset_name,
+        "config": asdict(config),
+        "non_embedding_params": n_params,
+        "completed": completed,
+        "steps": step,
+        "total_steps": steps,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "world_size": world,
+        "device": str(device),
+        "train_tokens": tokens_trained,
+        "train_time_s": train_time,
+        "tokens_per_second": tokens_trained / train_time if train_time else None,
+        "valid_tokens": valid_ds.total_tokens,
+        "valid_bytes": valid_ds.total_bytes,
+        "bytes_per_token": valid_bpt,
+        "valid_loss_nats": last.get("valid_loss_nats"),
+        "bits_per_byte": last.get("bits_per_byte"),
+        "uniform_bits_per_byte": metrics.uniform_bits_per_byte(valid_ds.vocab_size, valid_bpt),
+        "m1_flops_per_byte": m1_flops_per_byte,
+        "flops_per_byte": metrics.flops_per_byte(n_params, valid_bpt, m1_flops_per_byte),
+        "history": history,
+    }
+    if rank == 0 and out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{SUMMARY}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, out_dir / SUMMARY)
+    return summary
+
+
+def _preset_of(config: M2Config) -> str | None:
+    """The PRESETS name whose sizes the config has, if any."""
+    sizes = (config.n_embd, config.n_head, config.n_layer, config.mlp)
+    return next((name for name, p in PRESETS.items() if p == sizes), None)
+
+
+def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> M2:
+    """The M2 of a run directory (its checkpoint.pt) or of a checkpoint file, in eval mode."""
+    path = Path(run_dir_or_checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: M2 checkpoint not found")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an {CHECKPOINT_FORMAT[0]} v{CHECKPOINT_FORMAT[1]} file")
+    model = M2(M2Config(**checkpoint["identity"]["config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--train", required=True, metavar="DIR", help="train token dataset")
+    parser.add_argument("--valid", required=True, metavar="DIR", help="held-out token dataset")
+    parser.add_argument("--preset", default="micro", choices=list(PRESETS), help="M2 size (default micro)")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint.pt and summary.json go here")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=32, help="global sequences per step (default 32)")
+    parser.add_argument("--micro-batch-size", type=int, default=None,
+                        help="sequences per forward pass on each rank (gradient accumulation)")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (default 0.1)")
+    parser.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default 100)")
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--grad-clip", type=float, default=1.0)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
+    parser.add_argument("--eval-batch-size", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="steps between checkpoints (default: --eval-every)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="checkpoint and stop after this much wall time (continue with --resume)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                        help="checkpoint and stop at this step (the schedule still spans --steps)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model (default: on with CUDA)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: on with CUDA)")
+    parser.add_argument("--m1-flops-per-byte", type=float, default=None,
+                        help="M1's FLOPs/byte (default: the train manifest's extra, else 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Under torchrun (WORLD_SIZE > 1) join the process group (nccl on CUDA, gloo on CPU)."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        use_cuda = torch.cuda.is_available() and (args.device is None or args.device.startswith("cuda"))
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        train_ds, valid_ds = open_dataset(args.train), open_dataset(args.valid)
+        config = preset(args.preset, train_ds.vocab_size, context=args.seq_len, dropout=args.dropout)
+        summary = train_m2(
+            train_ds, valid_ds, config, args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+            lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup,
+            weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
+            micro_batch_size=args.micro_batch_size, eval_every=args.eval_every,
+            eval_batch_size=args.eval_batch_size, checkpoint_every=args.checkpoint_every,
+            out_dir=args.out, resume=args.resume, time_limit=args.time_limit,
+            stop_after=args.stop_after, device=args.device, compile=args.compile, bf16=args.bf16,
+            m1_flops_per_byte=args.m1_flops_per_byte, progress=not args.no_progress,
+        )
+        if _dist_info()[0] == 0:
+            brief = {k: v for k, v in summary.items() if k not in ("history", "config", "method")}
+            print(json.dumps(brief, indent=2))
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
