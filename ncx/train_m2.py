@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import metrics
 from .dataset import TokenDataset, open_dataset
@@ -48,9 +49,11 @@ __all__ = ["train_m2", "load_model", "TokenStream", "lr_at", "add_arguments", "r
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 CHECKPOINT_FORMAT = ("ncx-m2-checkpoint", 1)
-# Settings a resumed run must share with the checkpoint, or it would not be the same run.
+# Settings a resumed run must share with the checkpoint, or it would not be the same run. The
+# world size and micro-batch may change (only float rounding changes with them); resuming
+# bit-exactly needs them unchanged too.
 RUN_IDENTITY = ("config", "steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup",
-                "weight_decay", "grad_clip", "seed", "micro_batch_size")
+                "weight_decay", "grad_clip", "seed")
 
 
 class TokenStream:
@@ -245,7 +248,7 @@ def train_m2(
 
     identity = {"config": asdict(config), "steps": steps, "batch_size": batch_size, "seq_len": seq_len,
                 "lr": lr, "min_lr_ratio": min_lr_ratio, "warmup": warmup, "weight_decay": weight_decay,
-                "grad_clip": grad_clip, "seed": seed, "micro_batch_size": micro_batch_size}
+                "grad_clip": grad_clip, "seed": seed}
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_path = out_dir / CHECKPOINT if out_dir is not None else None
     checkpoint = None
@@ -253,9 +256,7 @@ def train_m2(
         if not resume:
             raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue that run, "
                              f"or choose a new run directory")
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt_path}: not an {CHECKPOINT_FORMAT[0]} v{CHECKPOINT_FORMAT[1]} file")
+        checkpoint = _load_checkpoint(ckpt_path)
         if diff := [k for k in RUN_IDENTITY if checkpoint["identity"].get(k) != identity[k]]:
             raise ValueError(f"{ckpt_path}: cannot resume, settings differ from the checkpoint's: "
                              + ", ".join(f"{k} {checkpoint['identity'].get(k)!r} -> {identity[k]!r}" for k in diff))
@@ -301,6 +302,7 @@ def train_m2(
             out_dir.mkdir(parents=True, exist_ok=True)
             _save_atomic({"format": CHECKPOINT_FORMAT, "identity": identity, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(), "step": step, "rng": rng_states,
+                          # The sampler is counter-based: (seed, step) is its whole state.
                           "sampler": {"seed": seed, "step": step}, "history": history,
                           "train_time_s": train_time, "tokens_trained": tokens_trained}, ckpt_path)
 
@@ -311,7 +313,6 @@ def train_m2(
         return {"step": step, "valid_loss_nats": mean,
                 "bits_per_byte": metrics.bits_per_byte(mean, valid_ds.total_tokens, valid_ds.total_bytes)}
 
-    from tqdm.auto import tqdm
     preset_name = _preset_of(config)
     bar = tqdm(total=steps, initial=step, unit="step", dynamic_ncols=True,
                disable=not progress or rank != 0, desc=f"M2 {preset_name or ''}".strip())
@@ -329,7 +330,7 @@ def train_m2(
         for j in range(n_micro):
             rows = local[j * micro_batch_size:(j + 1) * micro_batch_size]
             w = torch.from_numpy(np.stack([train_stream.read(int(s), window) for s in rows]))  # (b, T+1)
-            w = w.to(device, non_blocking=True)
+            w = w.to(device)
             # DDP all-reduces gradients in the last micro-batch's backward only.
             sync = contextlib.nullcontext() if world == 1 or j == n_micro - 1 else train_model.no_sync()
             with sync:
@@ -407,6 +408,14 @@ def train_m2(
     return summary
 
 
+def _load_checkpoint(path: Path) -> dict:
+    # weights_only=False: the checkpoint holds RNG states and plain dicts written by this module.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an {CHECKPOINT_FORMAT[0]} v{CHECKPOINT_FORMAT[1]} file")
+    return checkpoint
+
+
 def _preset_of(config: M2Config) -> str | None:
     """The PRESETS name whose sizes the config has, if any."""
     sizes = (config.n_embd, config.n_head, config.n_layer, config.mlp)
@@ -420,9 +429,7 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.dev
         path = path / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"{path}: M2 checkpoint not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an {CHECKPOINT_FORMAT[0]} v{CHECKPOINT_FORMAT[1]} file")
+    checkpoint = _load_checkpoint(path)
     model = M2(M2Config(**checkpoint["identity"]["config"]))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()
