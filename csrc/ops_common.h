@@ -51,6 +51,35 @@ inline void check_state(const at::Tensor& state, int64_t B, int64_t words, const
               state.scalar_type(), " ", state.sizes());
 }
 
+// lengths [B] within [0, T] (reads the values: one sync on a GPU).
+inline void check_lengths(const at::Tensor& lengths, int64_t B, int64_t T) {
+  check_index_tensor(lengths, "lengths");
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B, "lengths must have shape [B] = [", B, "], got ",
+              lengths.sizes());
+  if (B) {
+    auto mn = lengths.min().item<int64_t>(), mx = lengths.max().item<int64_t>();
+    TORCH_CHECK(mn >= 0 && mx <= T, "lengths must lie in [0, T] = [0, ", T, "], got min ", mn, " max ", mx);
+  }
+}
+
+// data uint8 [B, N] and nbits [B] (shapes only).
+inline void check_data(const at::Tensor& data, const at::Tensor& nbits, int64_t B) {
+  TORCH_CHECK(data.scalar_type() == at::kByte && data.dim() == 2 && data.size(0) == B,
+              "data must be a uint8 tensor of shape [B, N] with B = ", B, ", got ", data.scalar_type(), " ",
+              data.sizes());
+  check_index_tensor(nbits, "nbits");
+  TORCH_CHECK(nbits.dim() == 1 && nbits.size(0) == B, "nbits must have shape [B] = [", B, "], got ", nbits.sizes());
+}
+
+// nbits within what data can hold (reads the values: one sync on a GPU).
+inline void check_nbits_range(const at::Tensor& data, const at::Tensor& nbits) {
+  if (nbits.numel()) {
+    auto mn = nbits.min().item<int64_t>(), mx = nbits.max().item<int64_t>();
+    TORCH_CHECK(mn >= 0 && mx <= data.size(1) * 8, "nbits must lie in [0, 8 * N] = [0, ", data.size(1) * 8,
+                "], got min ", mn, " max ", mx);
+  }
+}
+
 inline int64_t words_of(size_t bytes) { return int64_t((bytes + 7) / 8); }
 
 // Bound on a stream's code: each symbol costs at most P + 1 bits (frequency

@@ -150,14 +150,14 @@ NCX_HD uint32_t logit_weight_bits(uint32_t bits, float max_logit) {
 // ---- step 2: fixed point ---------------------------------------------------
 // q = floor(w * 2^k) with the largest weight's mantissa landing at bit 30.
 NCX_HD uint32_t weight_to_fixed(uint32_t w, uint32_t max_w) {
-  int ex = int(w >> 23), ex_max = int(max_w >> 23);
-  uint32_t mant = w & 0x7fffffu;
-  if (ex == 0) ex = 1; else mant |= 0x800000u;
-  if (ex_max == 0) ex_max = 1;
-  int shift = ex - ex_max + 7;  // <= 7
-  if (shift >= 0) return mant << shift;
-  if (shift <= -32) return 0;
-  return mant >> (-shift);
+  // Branch-free so the CPU loops vectorize: a subnormal (exponent field 0)
+  // has no implicit bit and the exponent of 1.
+  uint32_t ex = w >> 23, ex_max = max_w >> 23;
+  uint32_t mant = (w & 0x7fffffu) | (ex ? 0x800000u : 0u);
+  int shift = int(ex ? ex : 1u) - int(ex_max ? ex_max : 1u) + 7;  // <= 7
+  uint32_t left = mant << (shift > 0 ? shift : 0);
+  uint32_t right = mant >> (-shift < 31 ? -shift : 31);  // mant < 2^24: >> 31 is 0
+  return shift >= 0 ? left : right;
 }
 
 // ---- step 3: integer scaling ---------------------------------------------
@@ -176,84 +176,162 @@ NCX_HD uint32_t fixed_to_f(uint32_t q, uint64_t scale, int shift) {
   return uint32_t((uint64_t(q) * scale) >> shift);
 }
 
-// ---- serial row routines (CPU back end, tests, small kernels) --------------
-// Element loaders: T is float or uint16_t (bfloat16 bits).
+// ---- serial row routines (CPU back end) -----------------------------------
+// Written as plain loops without data-dependent branches so the compiler
+// vectorizes them; the GPU runs the same per-element functions across lanes.
 NCX_HD uint32_t load_bits(const float* p, int64_t i) { return float_to_bits(p[i]); }
 NCX_HD uint32_t load_bits(const uint16_t* p, int64_t i) { return bf16_to_bits(p[i]); }
 
-// Steps 1-3 over one row; fills q[0..V) and returns the params, or a status.
+// Step 1 scan of a row: returns a status, and the largest weight's bits and
+// (logits) the largest logit.
 template <typename T>
-NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool logits,
-                                    uint32_t* q, QuantParams* out) {
-  uint32_t bad = 0, max_key = 0;
+NCX_HD int32_t scan_row(const T* row, int64_t V, bool logits, uint32_t* max_w, float* max_logit) {
+  uint32_t key = 0, nan = 0, inf = 0, neg = 0;
   if (logits) {
     for (int64_t i = 0; i < V; ++i) {
-      uint32_t k = logit_key(load_bits(row, i), &bad);
-      max_key = k > max_key ? k : max_key;
+      uint32_t b = load_bits(row, i), m = b & 0x7fffffffu;
+      nan |= m > 0x7f800000u;
+      inf |= b == 0x7f800000u;
+      uint32_t k = (b >> 31) ? ~b : (b | 0x80000000u);
+      key = k > key ? k : key;
     }
   } else {
     for (int64_t i = 0; i < V; ++i) {
-      uint32_t m = prob_weight_bits(load_bits(row, i), &bad);
-      max_key = m > max_key ? m : max_key;
+      uint32_t b = load_bits(row, i), m = b & 0x7fffffffu;
+      nan |= m > 0x7f800000u;
+      inf |= m == 0x7f800000u;
+      neg |= b > 0x80000000u;  // sign set on a non-zero value (-0 is fine)
+      key = m > key ? m : key;
     }
   }
-  if (bad) {
-    for (int32_t s = 1; s < 32; ++s)
-      if (bad & (1u << s)) return s;
-  }
-  uint32_t max_w;
-  float max_logit = 0.0f;
+  if (nan) return kErrNaN;
+  if (neg) return kErrNegative;
   if (logits) {
-    uint32_t mb = key_to_logit_bits(max_key);
+    uint32_t mb = key_to_logit_bits(key);
+    if (inf) return kErrInf;
     if (mb == 0xff800000u) return kErrZeroRow;  // every logit is -inf
-    max_logit = bits_to_float(mb);
-    max_w = float_to_bits(exp_ncx(0.0f));
+    *max_logit = bits_to_float(mb);
+    *max_w = float_to_bits(exp_ncx(0.0f));
   } else {
-    if (max_key == 0) return kErrZeroRow;
-    max_w = max_key;
+    if (inf) return kErrInf;
+    if (key == 0) return kErrZeroRow;
+    *max_w = key;
   }
-  uint64_t q_sum = 0;
-  uint32_t q_max = 0;
-  int32_t argmax = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    uint32_t bits = load_bits(row, i);
-    uint32_t w = logits ? logit_weight_bits(bits, max_logit) : (bits & 0x7fffffffu);
-    uint32_t qi = weight_to_fixed(w, max_w);
-    q[i] = qi;
-    q_sum += qi;
-    if (qi > q_max) { q_max = qi; argmax = int32_t(i); }
-  }
-  out->scale = quant_scale(q_sum, precision, V);
-  out->shift = 62 - precision;
-  out->argmax = argmax;
-  uint32_t f_sum = 0;
-  for (int64_t i = 0; i < V; ++i) f_sum += fixed_to_f(q[i], out->scale, out->shift);
-  out->rem = uint32_t(((uint64_t(1) << precision) - uint64_t(V)) - f_sum);
   return kOk;
 }
 
-NCX_HD uint32_t quant_freq(const uint32_t* q, const QuantParams& qp, int64_t i) {
-  return 1u + fixed_to_f(q[i], qp.scale, qp.shift) + (i == qp.argmax ? qp.rem : 0u);
+// Steps 1-3 over one row: fills q[0..V) with the fixed-point weights and
+// returns the params, or a status.
+template <typename T>
+NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool logits, uint32_t* q,
+                                    QuantParams* out) {
+  uint32_t max_w = 0;
+  float max_logit = 0.0f;
+  int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
+  if (st != kOk) return st;
+  uint64_t q_sum = 0;
+  if (logits) {
+    for (int64_t i = 0; i < V; ++i) {
+      uint32_t qi = weight_to_fixed(logit_weight_bits(load_bits(row, i), max_logit), max_w);
+      q[i] = qi;
+      q_sum += qi;
+    }
+  } else {
+    for (int64_t i = 0; i < V; ++i) {
+      uint32_t qi = weight_to_fixed(load_bits(row, i) & 0x7fffffffu, max_w);
+      q[i] = qi;
+      q_sum += qi;
+    }
+  }
+  // The first index of the largest weight: its q is q_max, and weight_to_fixed
+  // is monotone, so no earlier index can have a larger q.
+  const uint32_t q_max = weight_to_fixed(max_w, max_w);
+  int64_t argmax = 0;
+  while (q[argmax] != q_max) ++argmax;
+  out->argmax = int32_t(argmax);
+  out->scale = quant_scale(q_sum, precision, V);
+  out->shift = 62 - precision;
+  return kOk;
 }
 
-// Full CDF: cdf[0] = 0, cdf[V] = 2^P.
-NCX_HD void quant_cdf(const uint32_t* q, const QuantParams& qp, int64_t V, uint32_t* cdf) {
+NCX_HD uint32_t free_mass(int precision, int64_t V) { return uint32_t((uint64_t(1) << precision) - uint64_t(V)); }
+
+// Sum of f_i over [begin, end).
+NCX_HD uint32_t sum_f(const uint32_t* q, const QuantParams& qp, int64_t begin, int64_t end) {
+  uint32_t acc = 0;
+  for (int64_t i = begin; i < end; ++i) acc += fixed_to_f(q[i], qp.scale, qp.shift);
+  return acc;
+}
+
+// Cumulative frequency below symbol s and its frequency (encoding needs no CDF).
+template <typename T>
+NCX_HD int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s, uint32_t* q,
+                                   uint32_t* cum, uint32_t* freq) {
+  QuantParams qp;
+  int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
+  if (st != kOk) return st;
+  uint32_t below = sum_f(q, qp, 0, s);
+  uint32_t f_s = fixed_to_f(q[s], qp.scale, qp.shift);
+  uint32_t above = sum_f(q, qp, s + 1, V);
+  uint32_t rem = free_mass(precision, V) - (below + f_s + above);
+  *cum = uint32_t(s) + below + (qp.argmax < s ? rem : 0u);
+  *freq = 1u + f_s + (qp.argmax == s ? rem : 0u);
+  return kOk;
+}
+
+// The full CDF: cdf[0] = 0, cdf[V] = 2^P (the window encoder's straddle search
+// needs every boundary).
+template <typename T>
+NCX_HD int32_t quantize_row_cdf(const T* row, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf) {
+  QuantParams qp;
+  int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
+  if (st != kOk) return st;
+  uint32_t total = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    uint32_t f = 1u + fixed_to_f(q[i], qp.scale, qp.shift);
+    q[i] = f;  // q now holds frequencies (without the remainder)
+    total += f;
+  }
+  q[qp.argmax] += (uint32_t(1) << precision) - total;
   uint32_t c = 0;
   cdf[0] = 0;
   for (int64_t i = 0; i < V; ++i) {
-    c += quant_freq(q, qp, i);
+    c += q[i];
     cdf[i + 1] = c;
   }
+  return kOk;
 }
 
-// Cumulative frequency below symbol s and its frequency, without a CDF array.
-NCX_HD void quant_symbol(const uint32_t* q, const QuantParams& qp, int64_t s,
-                         uint32_t* cum, uint32_t* freq) {
-  uint32_t c = uint32_t(s);
-  for (int64_t i = 0; i < s; ++i) c += fixed_to_f(q[i], qp.scale, qp.shift);
-  if (qp.argmax < s) c += qp.rem;
+// Decoding: the symbol s with cum(s) <= target < cum(s+1), without a full
+// prefix sum: block sums (vectorized), a scan over blocks, a scan in one block.
+template <typename T>
+NCX_HD int32_t quantize_row_find(const T* row, int64_t V, int precision, bool logits, uint32_t target, uint32_t* q,
+                                 int64_t* sym, uint32_t* cum, uint32_t* freq) {
+  QuantParams qp;
+  int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
+  if (st != kOk) return st;
+  uint32_t total = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    uint32_t f = 1u + fixed_to_f(q[i], qp.scale, qp.shift);
+    q[i] = f;
+    total += f;
+  }
+  q[qp.argmax] += (uint32_t(1) << precision) - total;
+  constexpr int64_t kBlock = 32;
+  uint32_t c = 0;
+  int64_t base = 0;
+  for (; base + kBlock < V; base += kBlock) {
+    uint32_t blk = 0;
+    for (int64_t i = base; i < base + kBlock; ++i) blk += q[i];
+    if (c + blk > target) break;
+    c += blk;
+  }
+  int64_t i = base;
+  while (i < V - 1 && c + q[i] <= target) c += q[i++];
+  *sym = i;
   *cum = c;
-  *freq = quant_freq(q, qp, s);
+  *freq = q[i];
+  return kOk;
 }
 
 // Symbol s with cdf[s] <= target < cdf[s+1] (target < 2^P).

@@ -55,12 +55,10 @@ std::tuple<Tensor, Tensor> quantize_cpu(const Tensor& dist_in, int64_t precision
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t row = begin; row < end; ++row) {
-        QuantParams qp;
-        int32_t st = quantize_row_prepare(base + row * V, V, int(precision), logits, scratch.q.data(), &qp);
-        st_p[row] = st;
         uint32_t* out = reinterpret_cast<uint32_t*>(cdf_p + row * (V + 1));
-        if (st == kOk) quant_cdf(scratch.q.data(), qp, V, out);
-        else std::fill(out, out + V + 1, 0u);
+        int32_t st = quantize_row_cdf(base + row * V, V, int(precision), logits, scratch.q.data(), out);
+        st_p[row] = st;
+        if (st != kOk) std::fill(out, out + V + 1, 0u);
       }
     });
   });
@@ -68,14 +66,6 @@ std::tuple<Tensor, Tensor> quantize_cpu(const Tensor& dist_in, int64_t precision
 }
 
 // ----------------------------------------------------- whole-sequence coding
-void check_sequences(const Tensor& dist, const Tensor& lengths, int64_t B, int64_t T) {
-  check_index_tensor(lengths, "lengths");
-  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B, "lengths must have shape [B] = [", B,
-              "], got ", lengths.sizes());
-  auto mn = lengths.numel() ? lengths.min().item<int64_t>() : 0;
-  auto mx = lengths.numel() ? lengths.max().item<int64_t>() : 0;
-  TORCH_CHECK(mn >= 0 && mx <= T, "lengths must lie in [0, T] = [0, ", T, "], got min ", mn, " max ", mx);
-}
 
 std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& symbols_in,
                                              const Tensor& lengths_in, int64_t precision, bool logits,
@@ -86,7 +76,7 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
   check_index_tensor(symbols_in, "symbols");
   TORCH_CHECK(symbols_in.dim() == 2 && symbols_in.size(0) == B && symbols_in.size(1) == T,
               "symbols must have shape [B, T] = [", B, ", ", T, "], got ", symbols_in.sizes());
-  check_sequences(dist, lengths_in, B, T);
+  check_lengths(lengths_in, B, T);
   if (max_bytes <= 0) max_bytes = max_stream_bytes(T, precision);
   Tensor symbols = symbols_in.contiguous();
   Tensor lengths = lengths_in.to(at::kLong).contiguous();
@@ -108,11 +98,10 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
         for (int64_t t = 0; t < len_p[b] && s_code == kOk; ++t) {
           int64_t sym = symbol_at(symbols, b * T + t);
           if (sym < 0 || sym >= V) { s_code = kErrSymbol; break; }
-          QuantParams qp;
-          s_code = quantize_row_prepare(base + b * sb + t * st, V, int(precision), logits, scratch.q.data(), &qp);
-          if (s_code != kOk) break;
           uint32_t cum, freq;
-          quant_symbol(scratch.q.data(), qp, sym, &cum, &freq);
+          s_code = quantize_row_symbol(base + b * sb + t * st, V, int(precision), logits, sym, scratch.q.data(),
+                                       &cum, &freq);
+          if (s_code != kOk) break;
           s_code = stream_encode(&enc, o, max_bytes, cum, freq, int(precision));
         }
         int64_t n = -1;
@@ -133,30 +122,15 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
 template <typename E>
 int64_t stream_decode_one(StreamDecoder* dec, const uint8_t* in, int64_t nbytes, const E* row, int64_t V,
                           int precision, bool logits, RowScratch& scratch) {
-  QuantParams qp;
-  int32_t st = quantize_row_prepare(row, V, precision, logits, scratch.q.data(), &qp);
+  uint32_t target = stream_decode_target(dec, precision), cum, freq;
+  int64_t s;
+  int32_t st = quantize_row_find(row, V, precision, logits, target, scratch.q.data(), &s, &cum, &freq);
   if (st != kOk) return -st;
-  quant_cdf(scratch.q.data(), qp, V, scratch.cdf.data());
-  uint32_t target = stream_decode_target(dec, precision);
-  int64_t s = cdf_search(scratch.cdf.data(), V, target);
-  st = stream_decode_consume(dec, in, nbytes, scratch.cdf[s], scratch.cdf[s + 1] - scratch.cdf[s], precision);
+  st = stream_decode_consume(dec, in, nbytes, cum, freq, precision);
   if (st != kOk) return -st;
   return s;
 }
 
-void check_data(const Tensor& data, const Tensor& nbits, int64_t B) {
-  TORCH_CHECK(data.scalar_type() == at::kByte && data.dim() == 2 && data.size(0) == B,
-              "data must be a uint8 tensor of shape [B, N] with B = ", B, ", got ", data.scalar_type(), " ",
-              data.sizes());
-  check_index_tensor(nbits, "nbits");
-  TORCH_CHECK(nbits.dim() == 1 && nbits.size(0) == B, "nbits must have shape [B] = [", B, "], got ",
-              nbits.sizes());
-  if (B) {
-    auto mn = nbits.min().item<int64_t>(), mx = nbits.max().item<int64_t>();
-    TORCH_CHECK(mn >= 0 && mx <= data.size(1) * 8, "nbits must lie in [0, 8 * N] = [0, ", data.size(1) * 8,
-                "], got min ", mn, " max ", mx);
-  }
-}
 
 std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in, const Tensor& nbits_in,
                                       const Tensor& lengths_in, int64_t precision, bool logits) {
@@ -164,7 +138,8 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in,
   int64_t B = dist.size(0), T = dist.size(1);
   check_precision(precision, V);
   check_data(data_in, nbits_in, B);
-  check_sequences(dist, lengths_in, B, T);
+  check_nbits_range(data_in, nbits_in);
+  check_lengths(lengths_in, B, T);
   Tensor data = data_in.contiguous();
   Tensor nbits = nbits_in.to(at::kLong).contiguous();
   Tensor lengths = lengths_in.to(at::kLong).contiguous();
@@ -178,7 +153,7 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in,
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
         const uint8_t* in = data.data_ptr<uint8_t>() + b * N;
-        int64_t nbytes = (nbits.data_ptr<int64_t>()[b] + 7) / 8;
+        int64_t nbytes = std::min((nbits.data_ptr<int64_t>()[b] + 7) / 8, N);  // never read past the row
         StreamDecoder dec;
         stream_decoder_init(&dec, in, nbytes);
         int64_t* out = symbols.data_ptr<int64_t>() + b * T;
@@ -230,11 +205,9 @@ Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, co
         if (sym < 0) continue;
         int32_t& st = status.data_ptr<int32_t>()[b];
         if (sym >= V) { st = kErrSymbol; continue; }
-        QuantParams qp;
-        st = quantize_row_prepare(base + b * sb, V, int(precision), logits, scratch.q.data(), &qp);
-        if (st != kOk) continue;
         uint32_t cum, freq;
-        quant_symbol(scratch.q.data(), qp, sym, &cum, &freq);
+        st = quantize_row_symbol(base + b * sb, V, int(precision), logits, sym, scratch.q.data(), &cum, &freq);
+        if (st != kOk) continue;
         st = stream_encode(state_ptr<StreamEncoder>(state) + b, out.data_ptr<uint8_t>() + b * cap, cap, cum,
                            freq, int(precision));
       }
@@ -264,6 +237,7 @@ std::tuple<Tensor, Tensor> stream_decode_step_cpu(Tensor& state, const Tensor& d
   check_precision(precision, V);
   check_state(state, B, words_of(sizeof(StreamDecoder)), "stream decoder");
   check_data(data_in, nbits_in, B);
+  check_nbits_range(data_in, nbits_in);
   TORCH_CHECK(active_in.scalar_type() == at::kBool && active_in.dim() == 1 && active_in.size(0) == B,
               "active must be a bool tensor of shape [B]");
   Tensor data = data_in.contiguous();
@@ -280,7 +254,7 @@ std::tuple<Tensor, Tensor> stream_decode_step_cpu(Tensor& state, const Tensor& d
       for (int64_t b = begin; b < end; ++b) {
         if (!active.data_ptr<bool>()[b]) continue;
         const uint8_t* in = data.data_ptr<uint8_t>() + b * N;
-        int64_t nbytes = (nbits.data_ptr<int64_t>()[b] + 7) / 8;
+        int64_t nbytes = std::min((nbits.data_ptr<int64_t>()[b] + 7) / 8, N);  // never read past the row
         StreamDecoder* dec = state_ptr<StreamDecoder>(state) + b;
         if (dec->pos == 0) stream_decoder_init(dec, in, nbytes);  // a fresh (zeroed) state
         int64_t s = stream_decode_one(dec, in, nbytes, base + b * sb, V, int(precision), logits, scratch);
@@ -321,10 +295,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
         if (sym < 0) continue;
         int32_t& st = status.data_ptr<int32_t>()[b];
         if (sym >= V) { st = kErrSymbol; continue; }
-        QuantParams qp;
-        st = quantize_row_prepare(base + b * sb, V, int(precision), logits, scratch.q.data(), &qp);
+        st = quantize_row_cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
         if (st != kOk) continue;
-        quant_cdf(scratch.q.data(), qp, V, scratch.cdf.data());
         WindowClose close;
         int32_t ev = window_encode(state_ptr<WindowEncoder>(state) + b, scratch.cdf.data(), V, sym,
                                    int(precision), int(budget_bits), int32_t(max_symbols), &close);
@@ -390,8 +362,7 @@ void window_decode_start_cpu(Tensor& state, const Tensor& codes_in, const Tensor
     U128 v{0, 0};
     const uint8_t* c = codes.data_ptr<uint8_t>() + b * nb;
     for (int64_t i = 0; i < nb; ++i) v = u128_add64(u128_shl(v, 8), c[i]);
-    int64_t m = maxs.data_ptr<int64_t>()[b];
-    TORCH_CHECK(m >= 0 && m <= INT32_MAX, "max_symbols must be in [0, 2^31), got ", m);
+    int64_t m = std::min<int64_t>(std::max<int64_t>(maxs.data_ptr<int64_t>()[b], 0), INT32_MAX);
     window_decoder_init(state_ptr<WindowDecoder>(state) + b, v, int32_t(m));
   }
 }
@@ -421,14 +392,12 @@ std::tuple<Tensor, Tensor, Tensor> window_decode_step_cpu(Tensor& state, const T
           ended.data_ptr<bool>()[b] = true;
           continue;
         }
-        QuantParams qp;
-        int32_t st = quantize_row_prepare(base + b * sb, V, int(precision), logits, scratch.q.data(), &qp);
+        uint32_t target = window_decode_target(*d, int(budget_bits), int(precision)), cum, freq;
+        int64_t s;
+        int32_t st = quantize_row_find(base + b * sb, V, int(precision), logits, target, scratch.q.data(), &s, &cum,
+                                       &freq);
         if (st != kOk) { status.data_ptr<int32_t>()[b] = st; continue; }
-        quant_cdf(scratch.q.data(), qp, V, scratch.cdf.data());
-        uint32_t target = window_decode_target(*d, int(budget_bits), int(precision));
-        int64_t s = cdf_search(scratch.cdf.data(), V, target);
-        if (window_decode_consume(d, scratch.cdf[s], scratch.cdf[s + 1] - scratch.cdf[s], int(precision),
-                                  int(budget_bits))) {
+        if (window_decode_consume(d, cum, freq, int(precision), int(budget_bits))) {
           symbols.data_ptr<int64_t>()[b] = s;
           if (s == eos) d->done = 1;
         } else {
