@@ -156,6 +156,72 @@ def least_likely_model(V: int, H: int, seed: int, **kw) -> TableModel:
     return TableModel(torch.tensor(rows, dtype=torch.float32), name=f"least-likely(V={V})", salt=seed, **kw)
 
 
+def exception_model(precision: int, **kw) -> TableModel:
+    """A constant 3-symbol distribution with frequencies [2^P - 2, 1, 1]
+    (EOS = 2). Documents [1, 0 x m, 1, 0 x m, ...]: the rare symbol 1 leaves an
+    interval a whole cell below a cell edge, the 0s shave only the top 2/2^P
+    of it, so no prefix of the window has a straddling cell: every window
+    but the last is an exception (for b - P small; see test_windows)."""
+    w = weights_for_frequencies(np.array([(1 << precision) - 2, 1, 1]), precision)
+    return TableModel(torch.tensor(w).view(1, 3), name=f"exception(P={precision})", **kw)
+
+
+def exception_docs(n_docs: int, runs: int, max_run: int, gen: torch.Generator) -> list[torch.Tensor]:
+    docs = []
+    for _ in range(n_docs):
+        m = torch.randint(0, max_run, (runs,), generator=gen).tolist()
+        docs.append(torch.tensor([s for k in m for s in [1] + [0] * k], dtype=torch.int64))
+    return docs
+
+
+def row_probs(dist: torch.Tensor, logits: bool) -> torch.Tensor:
+    """float64 normalized probabilities of dist rows (for sampling and ideal code lengths)."""
+    x = dist.double()
+    return torch.softmax(x, -1) if logits else x / x.sum(-1, keepdim=True)
+
+
 def constant_docs(n_docs: int, length: int, symbol: int, gen: torch.Generator) -> list[torch.Tensor]:
     lens = torch.randint(length // 2, length + 1, (n_docs,), generator=gen)
     return [torch.full((int(n),), symbol, dtype=torch.int64) for n in lens]
+
+
+# ------------------------------------------- distribution rows for op tests
+def random_rows(kind: str, rows: int, V: int, rng: np.random.Generator) -> tuple[torch.Tensor, bool]:
+    """(dist, logits) of one adversarial or random family."""
+    if kind == "dirichlet":
+        alpha = np.exp(rng.uniform(np.log(0.01), np.log(10), (rows, 1)))
+        x = rng.gamma(np.broadcast_to(alpha, (rows, V)))
+        return torch.tensor(x / x.sum(1, keepdims=True), dtype=torch.float32), False
+    if kind == "unnormalized":  # any non-negative finite weights, many magnitudes
+        x = np.exp(rng.uniform(-60, 60, (rows, V))) * (rng.random((rows, V)) > 0.3)
+        x[:, rng.integers(V)] = 1.0
+        return torch.tensor(x, dtype=torch.float32), False
+    if kind == "tiny":  # subnormals, zeros, -0.0 and huge values
+        x = rng.choice(np.array([0.0, -0.0, 1e-45, 3e-39, 1e-38, 1e-30, 1.0, 3e38], dtype=np.float32), (rows, V))
+        x[:, 0] = rng.choice(np.array([1e-45, 3e-39, 1.0, 3e38], dtype=np.float32), rows)
+        return torch.tensor(x), False
+    if kind == "peaked":  # 1 - 1e-9 beside 1e-9
+        x = np.full((rows, V), 1e-9, dtype=np.float32)
+        x[np.arange(rows), rng.integers(0, V, rows)] = 1 - 1e-9
+        return torch.tensor(x), False
+    if kind == "ties":  # equal maxima: the remainder goes to the first
+        x = rng.integers(0, 4, (rows, V)).astype(np.float32)
+        x[:, -1] = 3
+        return torch.tensor(x), False
+    if kind == "bf16":
+        x, _ = random_rows("dirichlet", rows, V, rng)
+        return x.to(torch.bfloat16), False
+    if kind == "logits":
+        x = rng.standard_normal((rows, V)) * np.exp(rng.uniform(np.log(0.1), np.log(100), (rows, 1)))
+        return torch.tensor(x, dtype=torch.float32), True
+    if kind == "logits_wide":  # huge magnitudes, -inf entries, x - max overflowing to -inf
+        x = rng.choice(np.array([-np.inf, -3e38, -1e4, -87.5, -86.9, -20.0, -1e-3, 0.0, 5.0, 3e38], dtype=np.float32), (rows, V))
+        x[:, rng.integers(V)] = rng.choice(np.array([0.0, 5.0, 3e38], dtype=np.float32))
+        return torch.tensor(x), True
+    if kind == "logits_bf16":
+        x, _ = random_rows("logits", rows, V, rng)
+        return x.to(torch.bfloat16), True
+    raise ValueError(kind)
+
+
+KINDS = ["dirichlet", "unnormalized", "tiny", "peaked", "ties", "bf16", "logits", "logits_wide", "logits_bf16"]

@@ -82,12 +82,10 @@ def _fixed_point(w_bits: np.ndarray, max_bits: int) -> np.ndarray:
     mant = np.where(ex == 0, mant, mant | 0x800000)
     ex = np.where(ex == 0, 1, ex)
     ex_max = max(max_bits >> 23, 1)
-    shift = ex - ex_max + 7
-    out = np.zeros_like(w)
-    for i in range(len(w)):  # Python ints: shifts of any size are exact
-        s = int(shift[i])
-        out[i] = (int(mant[i]) << s) if s >= 0 else (int(mant[i]) >> -s)
-    return out
+    shift = ex - ex_max + 7  # <= 7; floor(mant * 2^shift), and 0 once mant < 2^-shift
+    left = mant << np.clip(shift, 0, 7)
+    right = mant >> np.clip(-shift, 0, 40)  # mant < 2^24: a shift of 40 already gives 0
+    return np.where(shift >= 0, left, right)
 
 
 def quantize_row(bits: np.ndarray, precision: int, logits: bool) -> tuple[np.ndarray | None, int]:
@@ -127,11 +125,11 @@ def quantize_row(bits: np.ndarray, precision: int, logits: bool) -> tuple[np.nda
     free = (1 << precision) - V  # mass left once every symbol has its 1
     shift = 62 - precision
     scale = (free << shift) // q_sum
-    f = [(int(qi) * scale) >> shift for qi in q]
-    rem = free - sum(f)
+    f = (q.astype(object) * scale) >> shift  # Python ints: exact
+    rem = free - int(f.sum())
     assert rem >= 0
     argmax = int(np.argmax(q))  # first index of the largest fixed-point weight
-    freq = np.array(f, dtype=np.int64) + 1
+    freq = f.astype(np.int64) + 1
     freq[argmax] += rem
     cdf = np.zeros(V + 1, dtype=np.int64)
     cdf[1:] = np.cumsum(freq)
