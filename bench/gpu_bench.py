@@ -295,16 +295,6 @@ def step_ops(clock: Clock, device: str, B: int, loops: int, per_graph: int, repl
 
     measure("window_encode_step", window_enc, lambda: ops.check_status(last["w"][4], "stream"))
 
-    # Stream decoder: decodes on past the code's end (bytes read as zero).
-    code, nbits = ops.encode(probs[:, None].expand(B, 64, V), symbols[:, None].expand(B, 64), precision=P_STREAM)
-    sd = ops.new_state("stream_decoder", B, device)
-    active = torch.ones(B, dtype=torch.bool, device=device)
-
-    def stream_dec():
-        last["d"] = _ops.stream_decode_step(sd, code, nbits, probs, active, P_STREAM, False)
-
-    measure("stream_decode_step", stream_dec, lambda: ops.check_status(last["d"][1], "stream"))
-
     # Window decoder: restore the started state, decode the window's first symbol.
     start = started_window_decoder(probs, symbols, P_WINDOW, BUDGET)
     wd = start.clone()
@@ -323,11 +313,24 @@ def step_ops(clock: Clock, device: str, B: int, loops: int, per_graph: int, repl
 
     measure("window_decode_step_with_restore", window_dec, check_wd)
     measure("restore_copy", restore, lambda: None)
+
+    # Stream decoder, last (its argument checks read nbits on the host, which a
+    # graph capture may refuse): decodes on past the code's end (bytes read as zero).
+    code, nbits = ops.encode(probs[:, None].expand(B, 64, V), symbols[:, None].expand(B, 64), precision=P_STREAM)
+    sd = ops.new_state("stream_decoder", B, device)
+    active = torch.ones(B, dtype=torch.bool, device=device)
+
+    def stream_dec():
+        last["d"] = _ops.stream_decode_step(sd, code, nbits, probs, active, P_STREAM, False)
+
+    measure("stream_decode_step", stream_dec, lambda: ops.check_status(last["d"][1], "stream"))
     for k in ("eager_us", "graph_us"):
         a, b = res["window_decode_step_with_restore"][k], res["restore_copy"][k]
         res.setdefault("window_decode_step_net", {})[k] = None if a is None or b is None else a - b
-    best = [v for v in res["window_decode_step_net"].values() if v is not None]
-    res["decoder_step_us"] = min(best) if best else None
+    net = res["window_decode_step_net"]
+    # The graph figure is the step itself; the eager one adds the host's launch cost.
+    res["decoder_step_from"] = "graph" if net["graph_us"] is not None else "eager"
+    res["decoder_step_us"] = net[res["decoder_step_from"] + "_us"]
     res["decoder_step_lt_20us"] = res["decoder_step_us"] is not None and res["decoder_step_us"] < DECODER_STEP_TARGET_US
     return res
 
@@ -349,13 +352,13 @@ def table(r: dict) -> str:
         lines.append(f"  note: {e['note']}")
     s = r["steps"]
     lines.append(f"  step ops, B={r['step_streams']}:          eager us/step   graph us/step")
-    for name in ("stream_encode_step", "window_encode_step", "stream_decode_step",
-                 "window_decode_step_with_restore", "restore_copy", "window_decode_step_net"):
+    for name in ("stream_encode_step", "window_encode_step", "window_decode_step_with_restore", "restore_copy",
+                 "window_decode_step_net", "stream_decode_step"):
         x = s[name]
         g = "n/a" if x["graph_us"] is None else f"{x['graph_us']:.2f}"
         lines.append(f"    {name:<32} {x['eager_us']:10.2f} {g:>14}")
     d = s["decoder_step_us"]
-    lines.append(f"  decoder step            {'n/a' if d is None else f'{d:.2f} us'} "
+    lines.append(f"  decoder step            {'n/a' if d is None else f'{d:.2f} us'} ({s['decoder_step_from']}, net of the restore) "
                  f"(target < {DECODER_STEP_TARGET_US:.0f} us: {'MET' if s['decoder_step_lt_20us'] else 'NOT MET'})")
     ok = r["identical"]
     bad = [k for k, v in ok.items() if not v]
