@@ -269,12 +269,13 @@ def train_m2(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.95), fused=on_cuda,
     )
-    step, history, train_time, tokens_trained = 0, [], 0.0, 0
+    # Throughput leaves out each call's first step, which pays for torch.compile and warm-up.
+    step, history, timing = 0, [], {"train_time_s": 0.0, "tokens_trained": 0,
+                                    "steady_time_s": 0.0, "steady_tokens": 0}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        step, history = checkpoint["step"], checkpoint["history"]
-        train_time, tokens_trained = checkpoint["train_time_s"], checkpoint["tokens_trained"]
+        step, history, timing = checkpoint["step"], checkpoint["history"], checkpoint["timing"]
         rng = checkpoint["rng"]
         if len(rng) == world:
             _set_rng_state(rng[rank], device)
@@ -283,6 +284,11 @@ def train_m2(
     else:
         torch.manual_seed(seed + 1 + rank)  # dropout masks differ between ranks
 
+    if compile:
+        # Compiled graphs are cached per code object (M2.forward), not per model, and dynamo
+        # stops compiling after a few variants: a process that trains a grid of sizes would
+        # silently fall back to eager. Each run starts from an empty cache instead.
+        torch._dynamo.reset()
     forward_model = torch.compile(model) if compile else model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -304,7 +310,7 @@ def train_m2(
                           "optimizer": optimizer.state_dict(), "step": step, "rng": rng_states,
                           # The sampler is counter-based: (seed, step) is its whole state.
                           "sampler": {"seed": seed, "step": step}, "history": history,
-                          "train_time_s": train_time, "tokens_trained": tokens_trained}, ckpt_path)
+                          "timing": timing}, ckpt_path)
 
     def run_eval() -> dict:
         loss_sum, predictions = evaluate(forward_model, valid_stream, seq_len,
@@ -318,6 +324,7 @@ def train_m2(
                disable=not progress or rank != 0, desc=f"M2 {preset_name or ''}".strip())
     window = seq_len + 1
     saved_step = step if checkpoint is not None else None
+    first_step = step
     while step < steps and (stop_after is None or step < stop_after):
         t0 = time.perf_counter()
         offsets = window_offsets(seed, step, batch_size, len(train_stream), window)
@@ -343,13 +350,17 @@ def train_m2(
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         step += 1
-        tokens_trained += batch_size * seq_len
         # Waiting for the device each step keeps step times honest; with batches big enough to
         # fill a GPU the host's share (a few small numpy reads, kernel launches) is small.
         loss_value = float(step_loss)
-        train_time += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        timing["train_time_s"] += elapsed
+        timing["tokens_trained"] += batch_size * seq_len
+        if step > first_step + 1:
+            timing["steady_time_s"] += elapsed
+            timing["steady_tokens"] += batch_size * seq_len
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_trained / train_time:,.0f}", refresh=False)
+        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{_tokens_per_second(timing):,.0f}", refresh=False)
 
         if step == steps or (eval_every and step % eval_every == 0):
             history.append({**run_eval(), "train_loss_nats": loss_value})
@@ -387,9 +398,9 @@ def train_m2(
         "seq_len": seq_len,
         "world_size": world,
         "device": str(device),
-        "train_tokens": tokens_trained,
-        "train_time_s": train_time,
-        "tokens_per_second": tokens_trained / train_time if train_time else None,
+        "train_tokens": timing["tokens_trained"],
+        "train_time_s": timing["train_time_s"],
+        "tokens_per_second": _tokens_per_second(timing),
         "valid_tokens": valid_ds.total_tokens,
         "valid_bytes": valid_ds.total_bytes,
         "bytes_per_token": valid_bpt,
@@ -406,6 +417,13 @@ def train_m2(
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         os.replace(tmp, out_dir / SUMMARY)
     return summary
+
+
+def _tokens_per_second(timing: dict) -> float | None:
+    """Training tokens/s over the steady steps, or over all steps when there are none yet."""
+    if timing["steady_time_s"]:
+        return timing["steady_tokens"] / timing["steady_time_s"]
+    return timing["tokens_trained"] / timing["train_time_s"] if timing["train_time_s"] else None
 
 
 def _load_checkpoint(path: Path) -> dict:
