@@ -46,11 +46,22 @@ class TableModel:
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.table[self.index(tokens, positions)]
 
-    def cdf_table(self, precision: int) -> np.ndarray:
-        """Every row's CDF from the reference quantizer: int64 [H, V+1]."""
-        cdf, status = ref.quantize(self.table, precision, self.logits)
-        assert (status == 0).all()
-        return cdf
+    def cdf(self, row: int, precision: int) -> np.ndarray:
+        """Row `row`'s CDF from the reference quantizer (int64 [V+1]), cached."""
+        cache = self.__dict__.setdefault("_cdf_cache", {})
+        key = (row, precision)
+        if key not in cache:
+            cdf, status = ref.quantize_row(ref.float_bits(self.table[row]), precision, self.logits)
+            assert status == 0
+            cache[key] = cdf
+        return cache[key]
+
+    def next_cdf(self, window: list, precision: int) -> np.ndarray:
+        """The CDF of the next symbol after `window` (the window's symbols so far)."""
+        token = window[-1] if window else self.bos
+        h = (token * 1_000_003) ^ (len(window) * 916_121 + self.salt)  # index() on Python ints
+        h ^= h >> 7
+        return self.cdf(h % self.table.shape[0], precision)
 
     def sample_docs(self, n_docs: int, length: int, gen: torch.Generator, context: int = 32) -> list[torch.Tensor]:
         """Documents drawn from the model with its context restarted every
