@@ -91,17 +91,18 @@ NCX_HD float mul_rn(float a, float b) {
 // and 2^n applied to the exponent field. Results below 2^-126 flush to zero
 // (they are far below the 2^-31 resolution of the fixed-point step anyway).
 NCX_HD float exp_ncx(float x) {
-  if (!(x > -87.0f)) return 0.0f;  // also maps -inf to 0
-  if (x >= 0.0f) return 1.0f;      // x - max(x) is never positive
+  // Branch-free (selects only) so CPU loops over a row vectorize.
+  float xc = x > -87.0f ? x : -87.0f;
+  xc = xc < 0.0f ? xc : 0.0f;
   // Hex literals: no decimal-to-binary rounding left to either compiler.
   const float kLog2e = 0x1.715476p+0f;
   const float kLn2Hi = 0x1.62e4p-1f;     // ln2 with its low bits cleared
   const float kLn2Lo = 0x1.7f7d1cp-20f;  // ln2 - kLn2Hi
-  // n = round-half-away(x * log2e) through an exact integer conversion.
-  float t = mul_rn(x, kLog2e);
-  int n = (int)add_rn(t, -0.5f);  // t < 0: truncation toward zero of t-0.5 rounds
+  // n = round-half-away(x * log2e): t <= 0, so truncating t - 0.5 rounds.
+  float t = mul_rn(xc, kLog2e);
+  int n = (int)add_rn(t, -0.5f);
   float nf = (float)n;
-  float r = add_rn(x, -mul_rn(nf, kLn2Hi));
+  float r = add_rn(xc, -mul_rn(nf, kLn2Hi));
   r = add_rn(r, -mul_rn(nf, kLn2Lo));
   float p = 0x1.a01a02p-13f;                 // 1/5040
   p = add_rn(mul_rn(p, r), 0x1.6c16c2p-10f);  // 1/720
@@ -112,8 +113,12 @@ NCX_HD float exp_ncx(float x) {
   p = add_rn(mul_rn(p, r), 1.0f);
   p = add_rn(mul_rn(p, r), 1.0f);
   int e = (int)((float_to_bits(p) >> 23) & 0xff) + n;
-  if (e <= 0) return 0.0f;
-  return bits_to_float((float_to_bits(p) & 0x807fffffu) | (uint32_t(e) << 23));
+  float scaled = bits_to_float((float_to_bits(p) & 0x807fffffu) | (uint32_t(e > 0 ? e : 0) << 23));
+  // Results below 2^-126 flush to zero (far below the fixed-point step's
+  // 2^-31 resolution); x >= 0 (only x - max(x) == 0 occurs) is exactly 1.
+  float y = e > 0 ? scaled : 0.0f;
+  y = x >= 0.0f ? 1.0f : y;
+  return x > -87.0f ? y : 0.0f;
 }
 
 // ---- step 1: weights --------------------------------------------------------
@@ -186,6 +191,22 @@ NCX_HD uint32_t load_bits(const uint16_t* p, int64_t i) { return bf16_to_bits(p[
 // (logits) the largest logit.
 template <typename T>
 NCX_HD int32_t scan_row(const T* row, int64_t V, bool logits, uint32_t* max_w, float* max_logit) {
+  if (!logits) {
+    // Fast path: one unsigned max over the raw bits. Any sign bit makes it
+    // >= 0x80000000 and NaN/inf make it >= 0x7f800000, so a max below
+    // 0x7f800000 proves the row valid (non-negative, finite) and is the
+    // largest weight; anything else goes through the detailed scan below.
+    uint32_t raw = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      uint32_t b = load_bits(row, i);
+      raw = b > raw ? b : raw;
+    }
+    if (raw < 0x7f800000u) {
+      if (raw == 0) return kErrZeroRow;
+      *max_w = raw;
+      return kOk;
+    }
+  }
   uint32_t key = 0, nan = 0, inf = 0, neg = 0;
   if (logits) {
     for (int64_t i = 0; i < V; ++i) {
@@ -229,26 +250,40 @@ NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool
   float max_logit = 0.0f;
   int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
   if (st != kOk) return st;
-  uint64_t q_sum = 0;
-  if (logits) {
-    for (int64_t i = 0; i < V; ++i) {
-      uint32_t qi = weight_to_fixed(logit_weight_bits(load_bits(row, i), max_logit), max_w);
-      q[i] = qi;
-      q_sum += qi;
-    }
-  } else {
-    for (int64_t i = 0; i < V; ++i) {
-      uint32_t qi = weight_to_fixed(load_bits(row, i) & 0x7fffffffu, max_w);
-      q[i] = qi;
-      q_sum += qi;
-    }
-  }
-  // The first index of the largest weight: its q is q_max, and weight_to_fixed
-  // is monotone, so no earlier index can have a larger q.
+  // weight_to_fixed(w, max_w) = floor(w * 2^(157 - e)), e = max_w's exponent
+  // field. When 2^(157 - e) is a float (e >= 31) that product is exact (a
+  // power-of-two scaling; a result below 2^-126 would floor to 0 anyway, so
+  // FTZ/DAZ modes cannot change it) and the truncating conversion is the
+  // floor: two vector instructions instead of the bit manipulation, with
+  // identical integers.
+  const uint32_t e_max = max_w >> 23;
   const uint32_t q_max = weight_to_fixed(max_w, max_w);
-  int64_t argmax = 0;
-  while (q[argmax] != q_max) ++argmax;
-  out->argmax = int32_t(argmax);
+  uint64_t q_sum = 0;
+  // The first index of the largest weight is the first with q == q_max
+  // (weight_to_fixed is monotone): a min-reduction, so the loops vectorize.
+  int32_t argmax = int32_t(V);
+  auto accumulate = [&](int32_t i, uint32_t qi) {
+    q[i] = qi;
+    q_sum += qi;
+    int32_t c = qi == q_max ? i : int32_t(V);
+    argmax = c < argmax ? c : argmax;
+  };
+  if (e_max >= 31) {
+    const float scale = bits_to_float((157u - e_max + 127u) << 23);
+    if (logits) {
+      for (int32_t i = 0; i < int32_t(V); ++i)
+        accumulate(i, uint32_t(mul_rn(exp_ncx(add_rn(bits_to_float(load_bits(row, i)), -max_logit)), scale)));
+    } else {
+      for (int32_t i = 0; i < int32_t(V); ++i)
+        accumulate(i, uint32_t(mul_rn(bits_to_float(load_bits(row, i) & 0x7fffffffu), scale)));
+    }
+  } else if (logits) {
+    for (int32_t i = 0; i < int32_t(V); ++i)
+      accumulate(i, weight_to_fixed(logit_weight_bits(load_bits(row, i), max_logit), max_w));
+  } else {
+    for (int32_t i = 0; i < int32_t(V); ++i) accumulate(i, weight_to_fixed(load_bits(row, i) & 0x7fffffffu, max_w));
+  }
+  out->argmax = argmax;
   out->scale = quant_scale(q_sum, precision, V);
   out->shift = 62 - precision;
   return kOk;
@@ -259,8 +294,35 @@ NCX_HD uint32_t free_mass(int precision, int64_t V) { return uint32_t((uint64_t(
 // Sum of f_i over [begin, end).
 NCX_HD uint32_t sum_f(const uint32_t* q, const QuantParams& qp, int64_t begin, int64_t end) {
   uint32_t acc = 0;
-  for (int64_t i = begin; i < end; ++i) acc += fixed_to_f(q[i], qp.scale, qp.shift);
+  if (qp.scale >> 32) {  // only when the largest weight is subnormal
+    for (int64_t i = begin; i < end; ++i) acc += fixed_to_f(q[i], qp.scale, qp.shift);
+  } else {
+    // Same integers; a 32-bit multiplier lets the compiler use 32x32->64
+    // vector multiplies.
+    const uint32_t scale32 = uint32_t(qp.scale);
+    for (int64_t i = begin; i < end; ++i) acc += uint32_t((uint64_t(q[i]) * scale32) >> qp.shift);
+  }
   return acc;
+}
+
+// Turns q[0..V) into the frequencies, in place.
+NCX_HD void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int precision) {
+  uint32_t total = 0;
+  if (qp.scale >> 32) {
+    for (int64_t i = 0; i < V; ++i) {
+      uint32_t f = 1u + fixed_to_f(q[i], qp.scale, qp.shift);
+      q[i] = f;
+      total += f;
+    }
+  } else {
+    const uint32_t scale32 = uint32_t(qp.scale);
+    for (int64_t i = 0; i < V; ++i) {
+      uint32_t f = 1u + uint32_t((uint64_t(q[i]) * scale32) >> qp.shift);
+      q[i] = f;
+      total += f;
+    }
+  }
+  q[qp.argmax] += (uint32_t(1) << precision) - total;  // the remainder
 }
 
 // Cumulative frequency below symbol s and its frequency (encoding needs no CDF).
@@ -286,13 +348,7 @@ NCX_HD int32_t quantize_row_cdf(const T* row, int64_t V, int precision, bool log
   QuantParams qp;
   int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
   if (st != kOk) return st;
-  uint32_t total = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    uint32_t f = 1u + fixed_to_f(q[i], qp.scale, qp.shift);
-    q[i] = f;  // q now holds frequencies (without the remainder)
-    total += f;
-  }
-  q[qp.argmax] += (uint32_t(1) << precision) - total;
+  to_frequencies(q, qp, V, precision);
   uint32_t c = 0;
   cdf[0] = 0;
   for (int64_t i = 0; i < V; ++i) {
@@ -310,13 +366,7 @@ NCX_HD int32_t quantize_row_find(const T* row, int64_t V, int precision, bool lo
   QuantParams qp;
   int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
   if (st != kOk) return st;
-  uint32_t total = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    uint32_t f = 1u + fixed_to_f(q[i], qp.scale, qp.shift);
-    q[i] = f;
-    total += f;
-  }
-  q[qp.argmax] += (uint32_t(1) << precision) - total;
+  to_frequencies(q, qp, V, precision);
   constexpr int64_t kBlock = 32;
   uint32_t c = 0;
   int64_t base = 0;
