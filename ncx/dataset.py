@@ -175,7 +175,7 @@ def write_shard(
     index["token_offset"] = np.cumsum(counts) - counts
     index["byte_count"] = np.asarray(byte_counts, dtype=np.int64)
     crc = np.asarray(crc32s, dtype=np.int64).reshape(n)
-    if ((crc < 0) | (crc >> 32 != 0)).any():
+    if ((crc < 0) | (crc >= 1 << 32)).any():
         raise ValueError("crc32s must be unsigned 32-bit values")
     index["crc32"] = crc
     if len(np.unique(index["doc_id"])) != n:

@@ -21,7 +21,8 @@ on W processes follows the one-process run (up to float summation order).
 
 Checkpoints (RUN_DIR/checkpoint.pt, written atomically) hold the model, the optimizer, every
 rank's RNG state, the step (which is the sampler's state), the history and the timings;
-`--resume` continues from one and ends with the same weights as a run never interrupted.
+`--resume` continues from one and, with the same world size and micro-batch, ends with
+bit-identical weights to a run never interrupted (tested on CPU, and on CUDA without compile).
 """
 from __future__ import annotations
 
@@ -202,12 +203,15 @@ def train_m2(
     ranks split the batch and rank 0 writes the files; every rank returns the summary.
 
     Returns the summary dict (also RUN_DIR/summary.json): bits_per_byte,
-    uniform_bits_per_byte, flops_per_byte, tokens_per_second, steps, valid_loss_nats, ...
+    uniform_bits_per_byte, flops_per_byte, tokens_per_second (global training tokens per
+    second, leaving out each call's first step, which pays for compilation), steps,
+    valid_loss_nats, history (one entry per evaluation), ...
     """
     started = time.perf_counter()
     train_ds = train_ds if isinstance(train_ds, TokenDataset) else open_dataset(train_ds)
     valid_ds = valid_ds if isinstance(valid_ds, TokenDataset) else open_dataset(valid_ds)
-    if train_ds.vocab_size != valid_ds.vocab_size or train_ds.method.get("name") != valid_ds.method.get("name"):
+    names = train_ds.method.get("name"), valid_ds.method.get("name")
+    if train_ds.vocab_size != valid_ds.vocab_size or names[0] != names[1]:
         raise ValueError(f"train ({train_ds.method.get('name')}, vocab {train_ds.vocab_size}) and valid "
                          f"({valid_ds.method.get('name')}, vocab {valid_ds.vocab_size}) datasets differ")
     if isinstance(config, str):
@@ -226,7 +230,8 @@ def train_m2(
     if local_batch % micro_batch_size:
         raise ValueError(f"micro_batch_size {micro_batch_size} must divide the per-rank batch {local_batch}")
     if steps < 1 or warmup < 0 or eval_every < 0:
-        raise ValueError(f"need steps >= 1, warmup >= 0 and eval_every >= 0, got {steps}, {warmup}, {eval_every}")
+        raise ValueError(f"need steps >= 1, warmup >= 0 and eval_every >= 0, got {steps}, {warmup}, "
+                         f"{eval_every}")
     checkpoint_every = eval_every if checkpoint_every is None else checkpoint_every
 
     if device is None:
@@ -240,7 +245,8 @@ def train_m2(
 
     train_stream, valid_stream = TokenStream(train_ds), TokenStream(valid_ds)
     if len(train_stream) < seq_len + 1:
-        raise ValueError(f"{train_ds.path}: {len(train_stream)} tokens, a training window needs {seq_len + 1}")
+        raise ValueError(f"{train_ds.path}: {len(train_stream)} tokens, a training window needs "
+                         f"{seq_len + 1}")
     if len(valid_stream) < 2:
         raise ValueError(f"{valid_ds.path}: the valid dataset needs at least 2 tokens")
     if m1_flops_per_byte is None:
@@ -257,9 +263,10 @@ def train_m2(
             raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue that run, "
                              f"or choose a new run directory")
         checkpoint = _load_checkpoint(ckpt_path)
-        if diff := [k for k in RUN_IDENTITY if checkpoint["identity"].get(k) != identity[k]]:
+        saved = checkpoint["identity"]
+        if diff := [k for k in RUN_IDENTITY if saved.get(k) != identity[k]]:
             raise ValueError(f"{ckpt_path}: cannot resume, settings differ from the checkpoint's: "
-                             + ", ".join(f"{k} {checkpoint['identity'].get(k)!r} -> {identity[k]!r}" for k in diff))
+                             + ", ".join(f"{k} {saved.get(k)!r} -> {identity[k]!r}" for k in diff))
 
     torch.manual_seed(seed)  # the same initial weights on every rank and in every run
     model = M2(config).to(device)
@@ -371,7 +378,8 @@ def train_m2(
             save_checkpoint()
             saved_step = step
         if time_limit is not None:
-            flag = torch.tensor([time.perf_counter() - started >= time_limit], dtype=torch.int32, device=device)
+            out_of_time = time.perf_counter() - started >= time_limit
+            flag = torch.tensor([out_of_time], dtype=torch.int32, device=device)
             if world > 1:  # every rank must stop at the same step
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if bool(flag):
@@ -458,7 +466,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--train", required=True, metavar="DIR", help="train token dataset")
     parser.add_argument("--valid", required=True, metavar="DIR", help="held-out token dataset")
     parser.add_argument("--preset", default="micro", choices=list(PRESETS), help="M2 size (default micro)")
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint.pt and summary.json go here")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR",
+                        help="checkpoint.pt and summary.json go here")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     parser.add_argument("--batch-size", type=int, default=32, help="global sequences per step (default 32)")
     parser.add_argument("--micro-batch-size", type=int, default=None,
@@ -479,7 +488,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="checkpoint and stop after this much wall time (continue with --resume)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                         help="checkpoint and stop at this step (the schedule still spans --steps)")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from RUN_DIR/checkpoint.pt if present")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model (default: on with CUDA)")
