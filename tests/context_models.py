@@ -38,10 +38,17 @@ class TableModel:
     def eos(self) -> int:
         return self.vocab_size - 1
 
+    @property
+    def device(self) -> torch.device:  # model_coding runs the coder where the model is
+        return self.table.device
+
+    def to(self, device) -> "TableModel":
+        return TableModel(self.table.to(device), self.logits, self.max_symbols, self.name, self.salt)
+
     def index(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h = (tokens.to(torch.int64) * 1_000_003) ^ (positions.to(torch.int64) * 916_121 + self.salt)
         h = h ^ (h >> 7)
-        return h % self.table.shape[0]
+        return (h % self.table.shape[0]).to(self.table.device)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.table[self.index(tokens, positions)]
