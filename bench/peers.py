@@ -227,29 +227,41 @@ def race(coders: dict, repeats: int) -> dict:
 
 
 def run_multistream(probs, symbols, streams, precision, repeats):
-    """ops.encode / decode over [B, N / B, V] with 1 and 2 threads (interleaved)."""
+    """ops.encode / decode over [B, N / B, V] with 1 and 2 threads (interleaved).
+
+    Besides wall time, each run's process CPU time is kept: CPU / wall is the
+    concurrency the threads got (2.0 on an idle 2-core machine; less when other
+    work shares the cores), CPU time 2t / 1t is the cost of splitting the work.
+    """
     rows = []
     for B in streams:
         T = probs.shape[0] // B
         dist = probs[: B * T].view(B, T, -1)
         sym = symbols[: B * T].view(B, T)
-        times = {(op, th): [] for op in ("encode", "decode") for th in (1, 2)}
+        wall = {(op, th): [] for op in ("encode", "decode") for th in (1, 2)}
+        cpu = {k: [] for k in wall}
         for _ in range(repeats):
             for threads in (1, 2):
                 torch.set_num_threads(threads)
+                c0 = time.process_time()
                 t, (data, nbits) = timed(lambda: ops.encode(dist, sym, precision=precision))
-                times["encode", threads].append(t)
+                c1 = time.process_time()
+                wall["encode", threads].append(t)
+                cpu["encode", threads].append(c1 - c0)
                 t, out = timed(lambda: ops.decode(dist, data, nbits, precision=precision))
-                times["decode", threads].append(t)
+                cpu["decode", threads].append(time.process_time() - c1)
+                wall["decode", threads].append(t)
                 if not torch.equal(out, sym):
                     raise SystemExit(f"ncx B={B}: round trip is not exact")
         ideal = ideal_bits(probs[: B * T], symbols[: B * T])
         row = {"B": B, "T": T, "symbols": B * T, "bits": int(nbits.sum()),
                "over_ideal_pct": 100.0 * (int(nbits.sum()) - ideal) / ideal}
-        for (op, th), ts in times.items():
+        for (op, th), ts in wall.items():
             row[f"{op}_msym_s_{th}t"] = B * T / statistics.median(ts) / 1e6
-        row["encode_speedup"] = row["encode_msym_s_2t"] / row["encode_msym_s_1t"]
-        row["decode_speedup"] = row["decode_msym_s_2t"] / row["decode_msym_s_1t"]
+            row[f"{op}_concurrency_{th}t"] = statistics.median(c / w for c, w in zip(cpu[op, th], ts))
+        for op in ("encode", "decode"):
+            row[f"{op}_speedup"] = row[f"{op}_msym_s_2t"] / row[f"{op}_msym_s_1t"]
+            row[f"{op}_cpu_2t_over_1t"] = statistics.median(cpu[op, 2]) / statistics.median(cpu[op, 1])
         rows.append(row)
     torch.set_num_threads(1)
     return rows
@@ -338,6 +350,9 @@ def main(argv=None) -> dict:
               f"Msym/s ({r['encode_speedup']:.2f}x)  decode {r['decode_msym_s_1t']:.3f} -> "
               f"{r['decode_msym_s_2t']:.3f} Msym/s ({r['decode_speedup']:.2f}x)  {r['over_ideal_pct']:+.4f}% over ideal",
               flush=True)
+        print(f"          2 threads: concurrency (CPU/wall) encode {r['encode_concurrency_2t']:.2f} decode "
+              f"{r['decode_concurrency_2t']:.2f}; CPU time 2t/1t encode {r['encode_cpu_2t_over_1t']:.2f} decode "
+              f"{r['decode_cpu_2t_over_1t']:.2f}", flush=True)
 
     targets = {
         "encode_ncx_ge_2.5x_constriction": ratios["ncx_P24_over_constriction"]["encode"] >= 2.5,
