@@ -365,7 +365,7 @@ def table(r: dict) -> str:
     lines.append(f"  CPU == GPU              {'all identical' if not bad else 'DIFFER: ' + ', '.join(bad)} "
                  f"({', '.join(ok)})")
     lines.append(f"  wall {r['wall_s']:.0f} s, commit {r['provenance']['git_commit'][:10]}"
-                 f"{' (dirty)' if r['provenance']['git_dirty'] else ''}")
+                 f"{' + uncommitted: ' + ' '.join(r['provenance']['git_dirty']) if r['provenance']['git_dirty'] else ''}")
     return "\n".join(lines)
 
 

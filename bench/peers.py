@@ -51,7 +51,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from anywhere without an install
 
-from ncx import ops  # noqa: E402
+from ncx import _C, ops  # noqa: E402
 
 
 # ------------------------------------------------------------------ data
@@ -111,7 +111,8 @@ def provenance() -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": run(["git", "rev-parse", "HEAD"]),
-        "git_dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
+        # Uncommitted changes to what the figures depend on (the coder and its build).
+        "git_dirty": run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../csrc", "../ncx", "../setup.py"]).splitlines(),
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
@@ -119,6 +120,8 @@ def provenance() -> dict:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         # Other work on a shared machine skews timings: keep the load beside them.
         "loadavg_1min": os.getloadavg()[0],
+        # An in-place rebuild of the extension during a run would mix two builds.
+        "ncx_C_mtime": os.path.getmtime(_C.__file__),
     }
 
 
@@ -285,6 +288,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
+    prov = provenance()  # at the start: the commit and build the figures come from
     probs, symbols = lm_like(args.n, 256, args.seed)
     n = args.n
     ideal = ideal_bits(probs, symbols)
@@ -363,9 +367,12 @@ def main(argv=None) -> dict:
     }
     print(f"load average (1 min): {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end "
           f"({os.cpu_count()} CPUs)")
+    if os.path.getmtime(_C.__file__) != prov["ncx_C_mtime"]:
+        print("WARNING: ncx._C was rebuilt during this run: the figures mix two builds")
     print("targets: " + ", ".join(f"{k} {'MET' if v else 'NOT MET'}" for k, v in targets.items()), flush=True)
     report = {
-        "provenance": provenance(),
+        "provenance": prov,
+        "ncx_rebuilt_during_run": os.path.getmtime(_C.__file__) != prov["ncx_C_mtime"],
         "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
         "args": vars(args),
         "symbols": n,
