@@ -5,6 +5,7 @@ Python error that names the problem, never a crash; corrupted or truncated
 compressed data is a ValueError that says so."""
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 import signal
@@ -285,6 +286,7 @@ def _survives(fn) -> int:
     exception, else the signal that killed the child."""
     pid = os.fork()
     if pid == 0:  # child
+        faulthandler.disable()  # pytest's traceback dump would only add noise
         try:
             fn()
         except Exception:  # an error is fine; a crash is not
