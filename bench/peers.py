@@ -154,9 +154,12 @@ def started_window_decoder(dist: torch.Tensor, symbols: torch.Tensor, precision:
 
 # ---------------------------------------------------------------- timing
 def timed(fn):
-    t0 = time.perf_counter()
+    """(wall seconds, process CPU seconds, fn's result). On a shared machine
+    CPU time is the steadier measure of single-threaded work: other processes
+    stretch the wall time, not the CPU time the work itself takes."""
+    c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 # ----------------------------------------------------------------- coders
@@ -212,21 +215,23 @@ def torchac_coder(probs, symbols):
 
 
 def race(coders: dict, repeats: int) -> dict:
-    """Median encode and decode seconds per coder over interleaved rounds,
-    with each coder's size in bits; every round trip must be exact."""
-    enc_t = {k: [] for k in coders}
-    dec_t = {k: [] for k in coders}
+    """Per coder: median (encode wall s, decode wall s, encode CPU s, decode
+    CPU s) over interleaved rounds, and its size in bits. Every round trip
+    must be exact."""
+    t = {k: {"enc": [], "dec": [], "enc_cpu": [], "dec_cpu": []} for k in coders}
     size = {}
     for _ in range(repeats):
         for name, (encode, decode, size_bits, same) in coders.items():
-            t, code = timed(encode)
-            enc_t[name].append(t)
-            t, out = timed(lambda: decode(code))
-            dec_t[name].append(t)
+            wall, cpu, code = timed(encode)
+            t[name]["enc"].append(wall)
+            t[name]["enc_cpu"].append(cpu)
+            wall, cpu, out = timed(lambda: decode(code))
+            t[name]["dec"].append(wall)
+            t[name]["dec_cpu"].append(cpu)
             if not same(out):
                 raise SystemExit(f"{name}: round trip is not exact")
             size[name] = size_bits(code)
-    return {k: (statistics.median(enc_t[k]), statistics.median(dec_t[k]), size[k]) for k in coders}
+    return {k: ({m: statistics.median(v) for m, v in t[k].items()}, size[k]) for k in coders}
 
 
 def run_multistream(probs, symbols, streams, precision, repeats):
@@ -246,14 +251,12 @@ def run_multistream(probs, symbols, streams, precision, repeats):
         for _ in range(repeats):
             for threads in (1, 2):
                 torch.set_num_threads(threads)
-                c0 = time.process_time()
-                t, (data, nbits) = timed(lambda: ops.encode(dist, sym, precision=precision))
-                c1 = time.process_time()
+                t, c, (data, nbits) = timed(lambda: ops.encode(dist, sym, precision=precision))
                 wall["encode", threads].append(t)
-                cpu["encode", threads].append(c1 - c0)
-                t, out = timed(lambda: ops.decode(dist, data, nbits, precision=precision))
-                cpu["decode", threads].append(time.process_time() - c1)
+                cpu["encode", threads].append(c)
+                t, c, out = timed(lambda: ops.decode(dist, data, nbits, precision=precision))
                 wall["decode", threads].append(t)
+                cpu["decode", threads].append(c)
                 if not torch.equal(out, sym):
                     raise SystemExit(f"ncx B={B}: round trip is not exact")
         ideal = ideal_bits(probs[: B * T], symbols[: B * T])
@@ -297,11 +300,14 @@ def main(argv=None) -> dict:
 
     results = []
 
-    def record(name, t_enc, t_dec, bits, note=""):
+    def record(name, t, bits, note=""):
         r = {
             "coder": name,
-            "encode_msym_s": n / t_enc / 1e6,
-            "decode_msym_s": n / t_dec / 1e6,
+            "encode_msym_s": n / t["enc"] / 1e6,
+            "decode_msym_s": n / t["dec"] / 1e6,
+            # Symbols per CPU second: the same work, less the other processes' share of the core.
+            "encode_msym_per_cpu_s": n / t["enc_cpu"] / 1e6,
+            "decode_msym_per_cpu_s": n / t["dec_cpu"] / 1e6,
             "bits": bits,
             "bits_per_symbol": bits / n,
             "over_ideal_pct": 100.0 * (bits - ideal) / ideal,
@@ -309,11 +315,13 @@ def main(argv=None) -> dict:
             "note": note,
         }
         results.append(r)
-        print(f"  {name:<22} encode {r['encode_msym_s']:7.3f} Msym/s  decode {r['decode_msym_s']:7.3f} Msym/s  "
+        print(f"  {name:<20} encode {r['encode_msym_s']:7.3f} ({r['encode_msym_per_cpu_s']:7.3f})  "
+              f"decode {r['decode_msym_s']:7.3f} ({r['decode_msym_per_cpu_s']:7.3f})  "
               f"{r['bits_per_symbol']:.5f} bits/sym ({r['over_ideal_pct']:+.4f}% over ideal)", flush=True)
         return r
 
-    print(f"one stream, one thread, median of {args.repeats} interleaved rounds:", flush=True)
+    print(f"one stream, one thread, median of {args.repeats} interleaved rounds; Msym/s of wall time "
+          f"(Msym per CPU second):", flush=True)
     coders = {
         "ncx P=24": ncx_coder(probs, symbols, 24),
         "ncx P=16": ncx_coder(probs, symbols, 16),
@@ -327,25 +335,21 @@ def main(argv=None) -> dict:
         "torchac (P=16)": f"times include building the CDF (cumsum, {n / t_cdf / 1e6:.1f} Msym/s alone) "
                           f"and torchac's float->int16 normalization",
     }
-    for name, (t_enc, t_dec, bits) in timings.items():
-        record(name, t_enc, t_dec, bits, notes.get(name, ""))
+    for name, (t, bits) in timings.items():
+        record(name, t, bits, notes.get(name, ""))
     ncx = {24: results[0], 16: results[1]}
     con, tac = results[2], results[3]
     tac["cdf_only_msym_s"] = n / t_cdf / 1e6
 
-    ratios = {
-        f"ncx_P{P}_over_constriction": {
-            "encode": ncx[P]["encode_msym_s"] / con["encode_msym_s"],
-            "decode": ncx[P]["decode_msym_s"] / con["decode_msym_s"],
-        }
-        for P in (24, 16)
-    }
-    ratios["ncx_P16_over_torchac"] = {
-        "encode": ncx[16]["encode_msym_s"] / tac["encode_msym_s"],
-        "decode": ncx[16]["decode_msym_s"] / tac["decode_msym_s"],
-    }
+    def ratio(a, b):
+        return {op: a[f"{op}_msym_s"] / b[f"{op}_msym_s"] for op in ("encode", "decode")} | {
+            f"{op}_cpu": a[f"{op}_msym_per_cpu_s"] / b[f"{op}_msym_per_cpu_s"] for op in ("encode", "decode")}
+
+    ratios = {f"ncx_P{P}_over_constriction": ratio(ncx[P], con) for P in (24, 16)}
+    ratios["ncx_P16_over_torchac"] = ratio(ncx[16], tac)
     for k, v in ratios.items():
-        print(f"  {k:<30} encode {v['encode']:.2f}x  decode {v['decode']:.2f}x", flush=True)
+        print(f"  {k:<28} encode {v['encode']:.2f}x ({v['encode_cpu']:.2f}x)  "
+              f"decode {v['decode']:.2f}x ({v['decode_cpu']:.2f}x)", flush=True)
 
     print(f"multi-stream ncx P=24, median of {args.repeats} interleaved rounds:", flush=True)
     multi = run_multistream(probs, symbols, streams, 24, args.repeats)
