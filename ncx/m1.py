@@ -10,8 +10,9 @@ needs no 258th input symbol.
 
 Positions. The paper's M1 used T5 relative position biases; M1 uses rotary
 embeddings (RoPE) instead: they need no learned tables, cost nothing per
-cached key (keys are stored already rotated), and train at least as well.
-ALiBi would also do, but RoPE is the standard choice for small decoders.
+cached key (keys are stored already rotated), and are the common choice of
+current decoders. ALiBi would also fit the cache; T5 biases would need a
+bucketed bias lookup per cached key.
 
 Determinism of the coding path (DESIGN.md, "Determinism of M1"). The coder
 needs bit-identical logits on encode and decode, where the same stream is

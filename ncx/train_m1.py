@@ -113,7 +113,7 @@ def train_m1(config: M1Config, train_docs: Sequence[bytes], heldout_docs: Sequen
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-    warmup = min(100, max(1, steps // 10)) if warmup is None else warmup
+    warmup = min(50, max(1, steps // 10)) if warmup is None else warmup
     offsets = torch.arange(T)
     history: list[tuple[int, float]] = []
 
