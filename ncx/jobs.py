@@ -1,0 +1,645 @@
+"""`ncx compress`, `ncx decompress`, `ncx inspect`: corpora to token datasets and back.
+
+compress reads documents (files, or the embedded corpus), builds a method (fitting
+SentencePiece / StaticAC on the fit documents, loading M1 for AC / EqualInfoAC), and writes
+a token dataset (ncx.dataset) shard by shard. Shard i holds a fixed range of documents,
+cut from the input alone (every --shard-docs documents, or after the document that brings
+the shard to --shard-bytes raw bytes), so the output depends only on the input and the
+method: not on --batch, the number of ranks, or how often the job was killed and restarted.
+
+The output directory holds, besides the dataset's own files, job.json: written (atomically)
+before any shard, it records what the shards are made of (method and parameters, M1 hash,
+hashes of the data and of the fit documents, the shard rule) and the fitted method itself.
+A restarted job checks that it is the same job (another one is an error rather than a
+dataset of mixed shards), reuses the recorded method instead of fitting again, skips the
+shards that are written and intact (dataset.existing_shards) and writes the rest. A job
+killed at any moment and started again ends with the same files, byte for byte, as one
+that ran through.
+
+Under torchrun (WORLD_SIZE > 1) the ranks join a gloo process group; rank 0 prepares the
+job (fit, job.json, which shards are done) and tells the others; shard i goes to rank
+i % WORLD_SIZE; rank 0 waits for all ranks and writes manifest.json.
+
+decompress restores the documents of a dataset into a directory: doc-000000.bin,
+doc-000001.bin, ... (the raw bytes of the document with that doc_id; the number is at
+least six digits wide) and, written last, documents.json: the dataset, its method and M1
+hash, and per document its doc_id, file, byte count and CRC-32. Every document is checked
+against its recorded length and CRC-32; shard files against their sha256 first (unless
+--no-verify).
+
+inspect prints a dataset's method, vocabulary, M1 hash, counts and shards, and checks the
+shard files' sha256 (unless --no-verify).
+
+Python use::
+
+    compress("out/gzip", "gzip", data=["corpus.jsonl"], shard_docs=1000)
+    decompress("out/gzip", "restored/")
+    print(inspect_dataset("out/gzip"))
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import dataset as ds
+from .corpus import SPLITS, _files_under, corpus_hash, default_corpus, read_documents
+from .methods import METHOD_NAMES, DecodeError, Encoded, EqualInfoACMethod, Method, method_from_name, \
+    method_from_spec
+
+__all__ = ["compress", "decompress", "inspect_dataset", "shard_ranges", "add_arguments", "run",
+           "JOB_FILE", "DOCUMENTS_FILE"]
+
+JOB_FILE = "job.json"
+DOCUMENTS_FILE = "documents.json"
+_JOB_FORMAT = "ncx-compress-job"
+_JOB_FORMAT_VERSION = 1
+DEFAULT_SHARD_BYTES = 1 << 22  # 4 MiB of input text per shard
+
+FITTED_METHODS = ("sentencepiece", "static_ac")
+M1_METHODS = ("ac", "equal_info_ac")
+# The parameters each method takes (CLI flag -> method_from_name keyword).
+_METHOD_PARAMS = {
+    "bytes": (),
+    "gzip": ("v",),
+    "sentencepiece": ("vocab_size",),
+    "static_ac": ("v",),
+    "ac": ("v",),
+    "equal_info_ac": ("b", "v"),
+}
+_PARAM_DEFAULTS = {"b": 16, "v": 256, "vocab_size": 8000}
+_FLAG = {"b": "--b", "v": "--v", "vocab_size": "--vocab-size"}
+
+# Rank 0 waits at a barrier while the slowest rank finishes its shards, which with M1 on a
+# CPU can take many hours: gloo's default timeout (30 min) would abort a healthy job.
+_DIST_TIMEOUT = datetime.timedelta(days=7)
+
+
+# ------------------------------------------------------------------------- helpers
+def shard_ranges(byte_counts: Sequence[int], shard_docs: int | None = None,
+                 shard_bytes: int | None = None) -> list[tuple[int, int]]:
+    """Document ranges [start, stop) of the shards, in order, from the documents' lengths
+    alone: every shard_docs documents, or (the default, DEFAULT_SHARD_BYTES) a cut after the
+    document that brings the shard to at least shard_bytes bytes."""
+    if shard_docs is not None and shard_bytes is not None:
+        raise ValueError("give --shard-docs or --shard-bytes, not both")
+    n = len(byte_counts)
+    if shard_docs is not None:
+        if shard_docs < 1:
+            raise ValueError(f"--shard-docs must be >= 1, got {shard_docs}")
+        return [(i, min(i + shard_docs, n)) for i in range(0, n, shard_docs)]
+    shard_bytes = DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes
+    if shard_bytes < 1:
+        raise ValueError(f"--shard-bytes must be >= 1, got {shard_bytes}")
+    ranges, start, filled = [], 0, 0
+    for i, count in enumerate(byte_counts):
+        filled += count
+        if filled >= shard_bytes:
+            ranges.append((start, i + 1))
+            start, filled = i + 1, 0
+    if start < n:
+        ranges.append((start, n))
+    return ranges
+
+
+def _cap(docs: list[bytes], max_bytes: int | None) -> list[bytes]:
+    """At most max_bytes bytes of documents: taken in order, skipping any that would
+    overshoot (the rule of corpus.default_corpus)."""
+    if max_bytes is None:
+        return docs
+    if max_bytes <= 0:
+        raise ValueError(f"--max-bytes must be positive, got {max_bytes}")
+    out, total = [], 0
+    for d in docs:
+        if total + len(d) <= max_bytes:
+            out.append(d)
+            total += len(d)
+    return out
+
+
+def _input_files(paths: Sequence[str]) -> list[str]:
+    """The files read_documents reads for these paths, in its order."""
+    files = []
+    for p in map(os.fspath, paths):
+        files += _files_under(p) if os.path.isdir(p) else [p]
+    return files
+
+
+def _load_documents(data: Sequence[str] | None, split: str | None, text_field: str, lines: bool,
+                    max_bytes: int | None, what: str) -> tuple[list[bytes], list]:
+    """(documents, manifest input entries): from files, or the embedded corpus's split."""
+    if data:
+        docs = _cap([d for _, d in read_documents(data, text_field=text_field, lines=lines)], max_bytes)
+        inputs = _input_files(data)
+    else:
+        split = split or "train"
+        if split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        docs = default_corpus(split, max_bytes=max_bytes)
+        # The embedded corpus is no file: its entry carries corpus_hash (sha256 over the
+        # length-prefixed documents) in place of a file's sha256.
+        name = f"ncx:default-corpus/{split}" + (f"?max_bytes={max_bytes}" if max_bytes else "")
+        inputs = [{"name": name, "sha256": corpus_hash(docs), "bytes": sum(map(len, docs))}]
+    if not docs:
+        raise ValueError(f"{what}: no documents (input {' '.join(map(str, data)) if data else split!r}"
+                         + (f" with --max-bytes {max_bytes}" if max_bytes else "") + ")")
+    if not any(docs):
+        raise ValueError(f"{what}: the {len(docs)} document(s) hold no bytes")
+    return docs, inputs
+
+
+def _method_params(method: str, given: dict) -> dict:
+    """The method's parameters: given ones (None = not given) checked against what the
+    method takes, the rest from the defaults."""
+    if method not in _METHOD_PARAMS:
+        raise ValueError(f"unknown --method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+    takes = _METHOD_PARAMS[method]
+    for name, value in given.items():
+        if value is not None and name not in takes:
+            raise ValueError(f"{_FLAG[name]} does not apply to method {method} (it takes "
+                             f"{', '.join(_FLAG[p] for p in takes) or 'no parameters'})")
+    return {p: given.get(p) if given.get(p) is not None else _PARAM_DEFAULTS[p] for p in takes}
+
+
+def _default_device() -> str:
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+
+
+def _load_m1_coder(path: str, device: str | None):
+    """(M1Coder, M1Config) of a checkpoint."""
+    from .m1 import load_m1
+
+    model, info = load_m1(path, device=device or _default_device())
+    return model.coder(), info["config"]
+
+
+def _method_dict(method: Method) -> dict:
+    """A method as the manifest records it: its display name and its spec()."""
+    return {"name": method.name, **method.spec()}
+
+
+def _windows(method: Method, encoded: Encoded) -> int:
+    """Equal-Info windows of one encoded document (0 for methods without windows): the
+    whole b-bit windows its tokens hold, as EqualInfoACMethod's decoder counts them."""
+    if not isinstance(method, EqualInfoACMethod):
+        return 0
+    return encoded.tokens.size * encoded.tokens.itemsize // (method.b // 8)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+# ------------------------------------------------------------------ distributed
+def _dist_setup() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group). Under torchrun
+    (WORLD_SIZE > 1) joins a gloo group unless the caller already has one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # gloo even when M1 runs on GPUs: the ranks only exchange a few small objects.
+        dist.init_process_group("gloo", timeout=_DIST_TIMEOUT)
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _broadcast_from_rank0(obj, world: int):
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# --------------------------------------------------------------------- compress
+def _read_job(out: Path) -> dict | None:
+    path = out / JOB_FILE
+    if not path.exists():
+        return None
+    try:
+        job = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(job, dict) or job.get("format") != _JOB_FORMAT or "key" not in job or "method" not in job:
+        raise ValueError(f"{path}: not an ncx compress job file")
+    if job.get("format_version") != _JOB_FORMAT_VERSION:
+        raise ValueError(f"{path}: job format_version {job.get('format_version')!r}, this ncx reads "
+                         f"{_JOB_FORMAT_VERSION}")
+    return job
+
+
+def _prepare_job(out: Path, key: dict, fit_docs_loader, method_name: str, params: dict, m1_coder) -> tuple[dict, list[int]]:
+    """Rank 0's part: the job record (read and checked against `key` when the directory
+    holds one, else fitted, built and written) and the shards already done."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: --out exists and is not a directory")
+    job = _read_job(out)
+    if job is None:
+        leftovers = sorted(p.name for p in out.glob("shard-*.json")) if out.is_dir() else []
+        if (out / ds.MANIFEST).exists():
+            leftovers.insert(0, ds.MANIFEST)
+        if leftovers:
+            raise ValueError(f"{out}: holds dataset files ({leftovers[0]}, ...) but no {JOB_FILE}: not a "
+                             f"resumable compress job; choose another --out or empty it")
+        fit_docs = fit_docs_loader()
+        method = method_from_name(method_name, train_docs=fit_docs, m1_coder=m1_coder, **params)
+        job = {"format": _JOB_FORMAT, "format_version": _JOB_FORMAT_VERSION, "key": key,
+               "method": _method_dict(method)}
+        out.mkdir(parents=True, exist_ok=True)
+        ds._remove_stale_temporaries(out, [JOB_FILE])
+        ds._atomic_write_json(out / JOB_FILE, job)
+    elif job["key"] != key:
+        old = job["key"]
+        differ = [k for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
+        detail = ""
+        if "m1_hash" in differ and old.get("m1_hash") and key.get("m1_hash"):
+            detail = f" (its shards were coded with M1 {old['m1_hash'][:16]}..., --m1 is {key['m1_hash'][:16]}...)"
+        raise ValueError(f"{out}: holds another compress job, which differs in {', '.join(differ)}{detail}; "
+                         f"use another --out or empty it")
+    # A kill during the manifest's write leaves its temporary behind; the rewrite clears it.
+    ds._remove_stale_temporaries(out, [ds.MANIFEST])
+    return job, ds.existing_shards(out, verify=True)
+
+
+def compress(
+    out: str | os.PathLike,
+    method: str,
+    *,
+    b: int | None = None,
+    v: int | None = None,
+    vocab_size: int | None = None,
+    m1: str | None = None,
+    data: Sequence[str] | None = None,
+    split: str | None = None,
+    text_field: str = "text",
+    lines: bool = False,
+    fit_data: Sequence[str] | None = None,
+    fit_split: str | None = None,
+    shard_docs: int | None = None,
+    shard_bytes: int | None = None,
+    batch: int = 256,
+    max_bytes: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict | None:
+    """Compress documents into the token dataset `out` (see the module docstring); resume
+    when `out` holds an unfinished (or finished) run of the same job.
+
+    method: one of METHOD_NAMES; b (equal_info_ac), v (gzip, static_ac, ac, equal_info_ac)
+        and vocab_size (sentencepiece) default to 16, 256 and 8000; giving one the method
+        does not take is an error.
+    m1: M1 checkpoint, required by ac / equal_info_ac (and only accepted by them).
+    data: .txt/.jsonl(.gz) files or directories (corpus.read_documents, with text_field and
+        lines); None: the embedded corpus's `split` (default train).
+    fit_data / fit_split: what sentencepiece / static_ac are fitted on (default: the embedded
+        corpus's train split).
+    shard_docs / shard_bytes: the shard rule (shard_ranges). batch: documents per
+        encode_batch call (does not change the output). max_bytes: cap on the input (its
+        documents in order, skipping any that would overshoot).
+    Returns the manifest on rank 0, None on other ranks.
+    """
+    out = Path(out)
+    params = _method_params(method, {"b": b, "v": v, "vocab_size": vocab_size})
+    if method in M1_METHODS and not m1:
+        raise ValueError(f"method {method} codes with M1: give its checkpoint with --m1")
+    if method not in M1_METHODS and m1:
+        raise ValueError(f"--m1 does not apply to method {method} (only to {', '.join(M1_METHODS)})")
+    if method not in FITTED_METHODS and (fit_data or fit_split):
+        raise ValueError(f"--fit-data / --fit-split do not apply to method {method} (only to "
+                         f"{', '.join(FITTED_METHODS)})")
+    if fit_data and fit_split:
+        raise ValueError("give --fit-data or --fit-split, not both")
+    if data and split:
+        raise ValueError("--split picks a part of the embedded corpus: it does not apply with --data")
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+
+    rank, world, own_group = _dist_setup()
+    try:
+        docs, inputs = _load_documents(data, split, text_field, lines, max_bytes, "input")
+        lengths = [len(d) for d in docs]
+        ranges = shard_ranges(lengths, shard_docs, shard_bytes)
+        m1_coder = m1_config = None
+        if m1:
+            m1_coder, m1_config = _load_m1_coder(m1, device)
+
+        def load_fit_docs():
+            if method not in FITTED_METHODS:
+                return None
+            return _load_documents(fit_data, fit_split, text_field, lines, None, "fit data")[0]
+
+        key = {
+            "method": method,
+            "params": params,
+            "m1_hash": m1_coder.weights_hash if m1_coder else None,
+            "data": {"documents": len(docs), "bytes": sum(lengths), "corpus_hash": corpus_hash(docs)},
+            "fit": None,
+            "shards": {"rule": "docs" if shard_docs else "bytes",
+                       "size": shard_docs or shard_bytes or DEFAULT_SHARD_BYTES, "count": len(ranges)},
+        }
+        if rank == 0:
+            try:
+                if method in FITTED_METHODS:
+                    fit_docs = load_fit_docs()
+                    key["fit"] = {"documents": len(fit_docs), "bytes": sum(map(len, fit_docs)),
+                                  "corpus_hash": corpus_hash(fit_docs)}
+                    loader = lambda: fit_docs  # noqa: E731
+                else:
+                    loader = load_fit_docs
+                job, done = _prepare_job(out, key, loader, method, params, m1_coder)
+                msg = ("ok", job, done)
+            except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+                # Tell the other ranks, so they stop with the same error instead of waiting.
+                _broadcast_from_rank0(("error", type(e).__name__, str(e)), world)
+                raise
+            msg = _broadcast_from_rank0(msg, world)
+        else:
+            msg = _broadcast_from_rank0(None, world)
+            if msg[0] == "error":
+                raise (FileNotFoundError if msg[1] == "FileNotFoundError" else ValueError)(msg[2])
+            if msg[1]["key"]["data"] != key["data"]:
+                raise ValueError(f"rank {rank} read other documents than rank 0")
+        _, job, done = msg
+        coder = method_from_spec(job["method"], m1_coder)
+
+        done = set(done)
+        todo = [i for i in range(len(ranges)) if i % world == rank and i not in done]
+        total = sum(lengths[j] for i in todo for j in range(*ranges[i]))
+        desc = f"compress {job['method']['name']}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+        with _progress(total, desc, progress) as bar:
+            for i in todo:
+                _encode_shard(out, i, ranges[i], docs, coder, batch, bar)
+        _barrier(world)
+        if rank != 0:
+            return None
+        # Windows and exceptions over all shards (other ranks wrote theirs): from the records.
+        records = [ds._load_record(out, i) for i in range(len(ranges))]
+        extra = {
+            "m1_flops_per_byte": m1_config.flops_per_byte if m1_config else 0,
+            "windows": sum(r.windows for r in records if r),
+            "exceptions": sum(r.exceptions for r in records if r),
+            "shard_rule": key["shards"],
+        }
+        manifest = ds.finalize_manifest(out, method=job["method"], vocab_size=coder.vocab_size,
+                                        num_shards=len(ranges), inputs=inputs, m1_hash=key["m1_hash"],
+                                        extra=extra)
+        return manifest
+    finally:
+        if own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _encode_shard(out: Path, shard: int, doc_range: tuple[int, int], docs: Sequence[bytes], method: Method,
+                  batch: int, bar) -> None:
+    start, stop = doc_range
+    tokens, byte_counts, crcs, exceptions, windows = [], [], [], [], 0
+    for j in range(start, stop, batch):
+        chunk = docs[j:min(j + batch, stop)]
+        for k, e in enumerate(method.encode_batch(chunk)):
+            tokens.append(e.tokens)
+            byte_counts.append(e.byte_count)
+            crcs.append(e.crc32)
+            exceptions += [(j + k, w, s) for w, s in e.exceptions]
+            windows += _windows(method, e)
+        bar.update(sum(map(len, chunk)))
+    ds.write_shard(out, shard, tokens, byte_counts, crcs, range(start, stop), exceptions,
+                   vocab_size=method.vocab_size, windows=windows)
+
+
+# ------------------------------------------------------------------- decompress
+def _decode_checked(method: Method, encoded: list[Encoded], rows: np.ndarray, where: str) -> list[bytes]:
+    """decode_batch, with a failure pinned to the document's doc_id (decode_batch names
+    its position in the batch): the batch is decoded again one document at a time."""
+    try:
+        return method.decode_batch(encoded)
+    except ValueError as batch_error:
+        for e, row in zip(encoded, rows):
+            try:
+                method.decode_batch([e])
+            except ValueError as err:
+                reason = re.sub(r"^document \d+: ", "", str(err))
+                raise ValueError(f"{where}: document {int(row['doc_id'])} (shard {int(row['shard'])}) does not "
+                                 f"decode: {reason}") from None
+        raise ValueError(f"{where}: documents {int(rows['doc_id'][0])}..{int(rows['doc_id'][-1])} do not "
+                         f"decode together: {batch_error}") from None
+
+
+def decompress(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    m1: str | None = None,
+    device: str | None = None,
+    batch: int = 64,
+    verify: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Restore the documents of the dataset at `path` into the new (or empty) directory
+    `out`: doc-NNNNNN.bin per document and documents.json (see the module docstring).
+    Every document is checked against its recorded length and CRC-32, and with verify the
+    shard files against their sha256 first. Datasets coded with M1 need the same M1
+    checkpoint (`m1`); another one is an error naming both hashes. Returns documents.json's
+    content."""
+    data = ds.open_dataset(path)
+    kind = data.method.get("kind")
+    if m1 and kind not in M1_METHODS:
+        raise ValueError(f"--m1 does not apply: {data.path} was coded with {data.method.get('name')}, "
+                         f"which does not use M1")
+    coder = _load_m1_coder(m1, device)[0] if m1 else None
+    method = method_from_spec(data.method, coder)
+    if method.vocab_size != data.vocab_size:
+        raise ValueError(f"{data.path}: method {method.name} has vocabulary {method.vocab_size}, the dataset "
+                         f"{data.vocab_size}")
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: --out must be a new or empty directory")
+    if verify:
+        data.verify()
+    out.mkdir(parents=True, exist_ok=True)
+
+    ids = data.documents["doc_id"]
+    width = max(6, len(str(int(ids.max())))) if len(ids) else 6
+    entries = []
+    with _progress(data.total_bytes, f"decompress {method.name}", progress) as bar:
+        for s in data.shards:
+            rows = data.documents[data.documents["shard"] == s.shard]
+            tokens = data.shard_tokens(s.shard)
+            for j in range(0, len(rows), batch):
+                chunk = rows[j:j + batch]
+                encoded = []
+                for row in chunk:
+                    doc_id, offset = int(row["doc_id"]), int(row["token_offset"])
+                    exc = data.exceptions_of(doc_id) if data.exceptions.size else ()
+                    encoded.append(Encoded(np.asarray(tokens[offset:offset + int(row["token_count"])]),
+                                           int(row["byte_count"]), int(row["crc32"]),
+                                           [(int(e["window"]), int(e["symbols"])) for e in exc]))
+                for row, doc in zip(chunk, _decode_checked(method, encoded, chunk, str(data.path))):
+                    name = f"doc-{int(row['doc_id']):0{width}d}.bin"
+                    (out / name).write_bytes(doc)
+                    entries.append({"doc_id": int(row["doc_id"]), "file": name, "bytes": len(doc),
+                                    "crc32": zlib.crc32(doc)})
+                bar.update(int(chunk["byte_count"].sum()))
+    entries.sort(key=lambda e: e["doc_id"])
+    index = {"format": "ncx-decompressed", "dataset": str(data.path), "method": data.method.get("name"),
+             "m1_hash": data.manifest.get("m1_hash"), "documents": entries}
+    # Written last: a directory without it is an interrupted decompression.
+    ds._atomic_write_json(out / DOCUMENTS_FILE, index)
+    return index
+
+
+# ---------------------------------------------------------------------- inspect
+def _brief_spec(method: dict) -> str:
+    """The method's parameters, with the fitted state (a SentencePiece model, StaticAC's
+    counts) shown by size."""
+    parts = []
+    for k, v in method.items():
+        if k == "name":
+            continue
+        if k == "model":
+            v = f"<{len(v) * 3 // 4} bytes>"
+        elif k == "counts":
+            v = f"<{len(v)} counts>"
+        elif k == "m1":
+            continue
+        parts.append(f"{k}={v}")
+    return ", ".join(parts)
+
+
+def describe(data: ds.TokenDataset) -> str:
+    """A dataset's summary: method, vocabulary, M1, counts, inputs and shards."""
+    m = data.manifest
+    counts = m.get("counts", {})
+    extra = m.get("extra", {})
+    lines = [
+        f"dataset      {data.path}",
+        f"method       {data.method.get('name')} ({_brief_spec(data.method)})",
+        f"vocab        {data.vocab_size} (tokens {data.token_dtype.name})",
+        f"M1           {m.get('m1_hash') or '-'}"
+        + (f" ({extra['m1_flops_per_byte']:,} FLOPs/byte)" if m.get("m1_hash") and "m1_flops_per_byte" in extra
+           else ""),
+        f"ncx version  {m.get('ncx_version')}",
+        f"documents    {len(data):,}",
+        f"bytes        {data.total_bytes:,}",
+        f"tokens       {data.total_tokens:,}",
+        f"bytes/token  {data.bytes_per_token:.4f}" if data.total_tokens else "bytes/token  -",
+        f"windows      {counts.get('windows', 0):,}",
+        f"exceptions   {counts.get('exceptions', 0):,}",
+    ]
+    for entry in m.get("inputs", []):
+        lines.append(f"input        {entry['name']} ({entry['bytes']:,} bytes, sha256 {entry['sha256'][:16]}...)")
+    lines.append(f"shards       {len(data.shards)}")
+    lines.append(f"  {'shard':>5} {'docs':>9} {'bytes':>13} {'tokens':>13} {'windows':>11} {'exceptions':>10}")
+    for s in data.shards:
+        lines.append(f"  {s.shard:>5} {s.documents:>9,} {s.bytes:>13,} {s.tokens:>13,} {s.windows:>11,} "
+                     f"{s.exceptions:>10,}")
+    return "\n".join(lines)
+
+
+def inspect_dataset(path: str | os.PathLike, verify: bool = True) -> str:
+    """describe() of the dataset at path, after checking (with verify) every shard file's
+    sha256; ValueError naming the first corrupt file."""
+    data = ds.open_dataset(path)
+    if verify:
+        data.verify()
+    return describe(data)
+
+
+# -------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    if command == "compress":
+        parser.add_argument("--method", required=True, choices=METHOD_NAMES, help="compression method")
+        parser.add_argument("--b", type=int, help="equal_info_ac: window size in bits (default 16)")
+        parser.add_argument("--v", type=int, choices=(256, 65536),
+                            help="token vocabulary of gzip, static_ac, ac, equal_info_ac (default 256)")
+        parser.add_argument("--vocab-size", type=int, help="sentencepiece: vocabulary size (default 8000)")
+        parser.add_argument("--m1", metavar="CKPT", help="M1 checkpoint (ac, equal_info_ac)")
+        parser.add_argument("--data", nargs="+", metavar="PATH",
+                            help=".txt/.jsonl files (optionally .gz) or directories; default: the embedded corpus")
+        parser.add_argument("--split", choices=SPLITS, help="part of the embedded corpus to compress (default train)")
+        parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+        parser.add_argument("--lines", action="store_true", help="each line of a .txt file is a document")
+        fit = parser.add_mutually_exclusive_group()
+        fit.add_argument("--fit-data", nargs="+", metavar="PATH",
+                         help="sentencepiece/static_ac: documents to fit on (default: the embedded corpus's train split)")
+        fit.add_argument("--fit-split", choices=SPLITS, help="sentencepiece/static_ac: embedded-corpus split to fit on")
+        parser.add_argument("--out", required=True, metavar="DIR", help="dataset directory (resumed if it holds this job)")
+        shard = parser.add_mutually_exclusive_group()
+        shard.add_argument("--shard-docs", type=int, metavar="N", help="documents per shard")
+        shard.add_argument("--shard-bytes", type=int, metavar="N",
+                           help=f"input bytes per shard, cut at document ends (default {DEFAULT_SHARD_BYTES})")
+        parser.add_argument("--batch", type=int, default=256, help="documents per encode call (default 256)")
+        parser.add_argument("--max-bytes", type=int, help="cap the input at this many bytes (quick runs)")
+    else:
+        parser.add_argument("dataset", metavar="DIR", help="token dataset directory")
+        parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the shard files")
+    if command == "decompress":
+        parser.add_argument("--out", required=True, metavar="OUTDIR",
+                            help="new or empty directory for doc-NNNNNN.bin files and documents.json")
+        parser.add_argument("--m1", metavar="CKPT", help="the M1 checkpoint the dataset was coded with")
+        parser.add_argument("--batch", type=int, default=64, help="documents per decode call (default 64)")
+    if command in ("compress", "decompress"):
+        parser.add_argument("--device", help="M1's device (default: cuda, the LOCAL_RANK one, when available)")
+        parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.command == "compress":
+        manifest = compress(
+            args.out, args.method, b=args.b, v=args.v, vocab_size=args.vocab_size, m1=args.m1, data=args.data,
+            split=args.split, text_field=args.text_field, lines=args.lines, fit_data=args.fit_data,
+            fit_split=args.fit_split, shard_docs=args.shard_docs, shard_bytes=args.shard_bytes, batch=args.batch,
+            max_bytes=args.max_bytes, device=args.device, progress=not args.no_progress)
+        if manifest is not None:
+            c = manifest["counts"]
+            bpt = manifest["bytes_per_token"]
+            print(f"{args.out}: {manifest['method']['name']}, {c['documents']:,} documents, {c['bytes']:,} bytes "
+                  f"-> {c['tokens']:,} tokens ({bpt:.4f} bytes/token)" if bpt else
+                  f"{args.out}: {manifest['method']['name']}, {c['documents']:,} documents, no tokens")
+    elif args.command == "decompress":
+        index = decompress(args.dataset, args.out, m1=args.m1, device=args.device, batch=args.batch,
+                           verify=not args.no_verify, progress=not args.no_progress)
+        total = sum(e["bytes"] for e in index["documents"])
+        print(f"{args.out}: {len(index['documents']):,} documents, {total:,} bytes restored and checked (CRC-32)")
+    elif args.command == "inspect":
+        data = ds.open_dataset(args.dataset)
+        print(describe(data), flush=True)
+        if args.no_verify:
+            print("checksums    not verified (--no-verify)")
+        else:
+            data.verify()
+            files = sum(len(s.files) for s in data.shards)
+            print(f"checksums    ok ({files} shard files, sha256)")
+    else:
+        raise ValueError(f"ncx.jobs has no command {args.command!r}")
+    return 0
