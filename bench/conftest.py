@@ -1,4 +1,5 @@
-"""Shared fixtures of the coder microbenchmarks (bench/test_bench_coder.py).
+"""Shared fixtures of the coder microbenchmarks (bench/test_bench_coder.py):
+device (cpu, and cuda when present) and sync.
 
 Adds --ncx-threads (CPU threads for the ops; default: torch's default) and,
 after a benchmark run, a table of symbols per second per benchmark.
@@ -38,9 +39,15 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture
+def sync(device):
+    """Waits for the device's work: a CUDA benchmark's timed function calls it."""
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
 @pytest.fixture

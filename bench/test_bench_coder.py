@@ -2,6 +2,8 @@
 
     pytest bench/ --benchmark-only                                  # CPU (+ CUDA when present), < 1 min on CPU
     pytest bench/ --benchmark-only --ncx-threads 1                  # one CPU thread
+    pytest bench/ --benchmark-only --ncx-threads 1 --benchmark-timer time.process_time
+                                        # per core on a shared machine: CPU time (not for CUDA)
     pytest bench/ --benchmark-only --benchmark-json bench.json      # every figure as JSON
 
 (bench/ is outside the default testpaths, so name it.) Each benchmark records
@@ -24,7 +26,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DEVICES, sync
 from ncx import ops
 from peers import lm_like, started_window_decoder
 
@@ -50,20 +51,15 @@ def data(cpu_data, device):
     return probs.to(device), symbols.to(device)
 
 
-@pytest.fixture(params=DEVICES)
-def device(request):
-    return request.param
-
-
 # ------------------------------------------------------------- whole rows
 @bench_mark
 @pytest.mark.parametrize("rows", (1, 64, 4096, TOTAL))
-def test_quantize(benchmark, rate, data, device, rows):
+def test_quantize(benchmark, rate, data, sync, rows):
     probs = data[0][:rows]  # (rows, V)
 
     def run():
         cdf = ops.quantize(probs, P_STREAM)
-        sync(device)
+        sync()
         return cdf
 
     cdf = benchmark(run)
@@ -73,13 +69,13 @@ def test_quantize(benchmark, rate, data, device, rows):
 
 @bench_mark
 @pytest.mark.parametrize("B", STREAMS)
-def test_encode(benchmark, rate, data, device, B):
+def test_encode(benchmark, rate, data, sync, B):
     T = TOTAL // B
     dist, sym = data[0].view(B, T, V), data[1].view(B, T)
 
     def run():
         out = ops.encode(dist, sym, precision=P_STREAM)
-        sync(device)
+        sync()
         return out
 
     code, nbits = benchmark(run)
@@ -89,14 +85,14 @@ def test_encode(benchmark, rate, data, device, B):
 
 @bench_mark
 @pytest.mark.parametrize("B", STREAMS)
-def test_decode(benchmark, rate, data, device, B):
+def test_decode(benchmark, rate, data, sync, B):
     T = TOTAL // B
     dist, sym = data[0].view(B, T, V), data[1].view(B, T)
     code, nbits = ops.encode(dist, sym, precision=P_STREAM)
 
     def run():
         out = ops.decode(dist, code, nbits, precision=P_STREAM)
-        sync(device)
+        sync()
         return out
 
     assert torch.equal(benchmark(run), sym)
@@ -106,7 +102,7 @@ def test_decode(benchmark, rate, data, device, B):
 # --------------------------------------------------------------- step ops
 @bench_mark
 @pytest.mark.parametrize("B", STREAMS)
-def test_stream_encode_step(benchmark, rate, data, device, B):
+def test_stream_encode_step(benchmark, rate, data, device, sync, B):
     dist, sym = data[0][:B], data[1][:B]  # (B, V), (B,)
     # A fixed number of calls, so the output buffer can hold every one of them.
     rounds = {1: 20000, 64: 4000, 4096: 100}[B]
@@ -118,7 +114,7 @@ def test_stream_encode_step(benchmark, rate, data, device, B):
 
     def run():
         status = _ops.stream_encode_step(state, out, dist, sym, P_STREAM, False)
-        sync(device)
+        sync()
         bad.append(status)
 
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup)
@@ -128,7 +124,7 @@ def test_stream_encode_step(benchmark, rate, data, device, B):
 
 @bench_mark
 @pytest.mark.parametrize("B", STREAMS)
-def test_stream_decode_step(benchmark, rate, data, device, B):
+def test_stream_decode_step(benchmark, rate, data, device, sync, B):
     # Decoding runs on past the code's end (bytes read as zero), so the same
     # state serves any number of calls.
     dist, sym = data[0][:B], data[1][:B]
@@ -140,7 +136,7 @@ def test_stream_decode_step(benchmark, rate, data, device, B):
 
     def run():
         out = _ops.stream_decode_step(state, code, nbits, dist, active, P_STREAM, False)
-        sync(device)
+        sync()
         return out
 
     benchmark(run)
@@ -149,7 +145,7 @@ def test_stream_decode_step(benchmark, rate, data, device, B):
 
 @bench_mark
 @pytest.mark.parametrize("B", STREAMS)
-def test_window_encode_step(benchmark, rate, data, device, B):
+def test_window_encode_step(benchmark, rate, data, device, sync, B):
     # The same row and symbol every step: windows fill, close (the symbol is
     # then fed again into a fresh window) and restart, as in real coding.
     dist, sym = data[0][:B], data[1][:B]
@@ -157,7 +153,7 @@ def test_window_encode_step(benchmark, rate, data, device, B):
 
     def run():
         out = _ops.window_encode_step(state, dist, sym, P_WINDOW, False, BUDGET, 1 << 30)
-        sync(device)
+        sync()
         return out
 
     status = benchmark(run)[4]
@@ -167,7 +163,7 @@ def test_window_encode_step(benchmark, rate, data, device, B):
 
 @bench_mark
 @pytest.mark.parametrize("B", STREAMS)
-def test_window_decode_step(benchmark, rate, data, device, B):
+def test_window_decode_step(benchmark, rate, data, sync, B):
     # A window ends after a few symbols, so each call restores the freshly
     # started state first (a copy of B * 8 * WINDOW_DECODER_WORDS bytes, which
     # is included in the time) and decodes the window's first symbol.
@@ -178,7 +174,7 @@ def test_window_decode_step(benchmark, rate, data, device, B):
     def run():
         state.copy_(start)
         out = _ops.window_decode_step(state, dist, P_WINDOW, False, BUDGET, -1)
-        sync(device)
+        sync()
         return out
 
     symbols, ended, status = benchmark(run)
