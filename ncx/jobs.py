@@ -370,7 +370,7 @@ def compress(
                     loader = load_fit_docs
                 job, done = _prepare_job(out, key, loader, method, params, m1_coder)
                 msg = ("ok", job, done)
-            except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            except Exception as e:
                 # Tell the other ranks, so they stop with the same error instead of waiting.
                 _broadcast_from_rank0(("error", type(e).__name__, str(e)), world)
                 raise
