@@ -68,6 +68,8 @@ class StreamEncoder:
         """Terminates every stream. Returns (data uint8 [B, capacity], nbits int64 [B]);
         the coder is reset for reuse."""
         nbits = _ops.stream_encode_finish(self.state, self.out)
+        if bool((nbits == -2).any()):
+            raise ValueError("StreamEncoder.finish: " + ops.STATUS_MESSAGES[9])
         if bool((nbits < 0).any()):
             raise ValueError("StreamEncoder.finish: capacity_bytes is too small for the code")
         data = self.out.clone()
@@ -128,11 +130,12 @@ class WindowEncoder:
     reaches it closes and decodes by count.
     """
 
-    def __init__(self, batch: int, budget_bits: int, precision: int, max_symbols: int = 1 << 30, device="cpu"):
+    def __init__(self, batch: int, budget_bits: int, precision: int, max_symbols: int = (1 << 31) - 1,
+                 device="cpu"):
         ops.check_precision(precision, 2)
         ops.check_budget(budget_bits, precision)
-        if max_symbols < 1:
-            raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
+        if not 1 <= max_symbols < 1 << 31:
+            raise ValueError(f"max_symbols must be in [1, 2**31), got {max_symbols}")
         self.budget_bits, self.precision, self.max_symbols = budget_bits, precision, max_symbols
         self.state = ops.new_state("window_encoder", batch, device)
 
@@ -193,10 +196,12 @@ class WindowDecoder:
 
 # ------------------------------------------------- bytes in, bytes out
 # Container: magic, format version, precision, flags, original length, crc32
-# of the original, code length in bits, then (static model) 256 uint32 counts,
-# then the code bytes.
+# of the original, code length in bits, crc32 of the header fields before it
+# (so a corrupt length is caught before it is trusted), then (static model)
+# 256 uint32 counts, then the code bytes.
 _MAGIC = b"NCXa"
-_HEADER = struct.Struct("<4sBBHQIQ")
+_FIELDS = struct.Struct("<4sBBHQIQ")
+_HEADER = struct.Struct("<4sBBHQIQI")
 _FLAG_STATIC = 1
 
 
@@ -229,7 +234,8 @@ def compress(data: bytes, probs: torch.Tensor | None = None, precision: int = 16
         dist = _expand_probs(probs, n)
     code, nbits = ops.encode(dist, symbols.view(1, n), precision=precision)
     nbytes = (int(nbits[0]) + 7) // 8
-    header = _HEADER.pack(_MAGIC, FORMAT_VERSION, precision, flags, n, zlib.crc32(data), int(nbits[0]))
+    fields = _FIELDS.pack(_MAGIC, FORMAT_VERSION, precision, flags, n, zlib.crc32(data), int(nbits[0]))
+    header = fields + struct.pack("<I", zlib.crc32(fields))
     return header + model_blob + code[0, :nbytes].numpy().tobytes()
 
 
@@ -239,9 +245,11 @@ def decompress(blob: bytes, probs: torch.Tensor | None = None) -> bytes:
     blob = bytes(blob)
     if len(blob) < _HEADER.size:
         raise ValueError(f"not an ncx compressed blob: {len(blob)} bytes is shorter than the {_HEADER.size}-byte header")
-    magic, version, precision, flags, n, crc, nbits = _HEADER.unpack_from(blob)
+    magic, version, precision, flags, n, crc, nbits, header_crc = _HEADER.unpack_from(blob)
     if magic != _MAGIC:
         raise ValueError(f"not an ncx compressed blob (magic {magic!r}, expected {_MAGIC!r})")
+    if zlib.crc32(blob[:_FIELDS.size]) != header_crc:
+        raise ValueError("corrupt ncx blob: the header does not match its CRC-32")
     if version != FORMAT_VERSION:
         raise ValueError(f"unsupported ncx format version {version} (this ncx reads {FORMAT_VERSION})")
     ops.check_precision(precision, 256)

@@ -80,10 +80,13 @@ def _as_symbol_docs(docs) -> list[torch.Tensor]:
     return out
 
 
-def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, eos: int | None,
+def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, eos: int,
                    batch: int = 256) -> list[EncodedWindows]:
     """Equal-Info encode each document (bytes or int tensor of symbols < V,
-    followed by eos when given) into windows of budget_bits bits."""
+    followed by eos) into windows of budget_bits bits. The decoder finds a
+    document's end at its EOS, so eos is required."""
+    if eos is None:
+        raise ValueError("encode_windows needs eos: a document's last window ends at its EOS symbol")
     docs = _as_symbol_docs(docs)
     device = _model_device(model)
     q = _DocQueue(docs, eos, device)

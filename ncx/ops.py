@@ -33,6 +33,7 @@ STATUS_MESSAGES = {
     6: "the output buffer is too small for the code",
     7: "the compressed data is corrupt (inconsistent with the distributions)",
     8: "the compressed data is truncated",
+    9: "the coder state is invalid (not produced by a coder of this kind)",
 }
 
 STATE_WORDS = {

@@ -331,14 +331,14 @@ def test_documents_as_bytes():
     assert [bytes(d.to(torch.uint8).tolist()) for d in dec] == docs
 
 
-def test_windows_without_eos_round_trip():
-    """encode_windows accepts eos=None; then the last window of a document has
-    nothing that ends it (window_encode_finish emits any cell), so decode must
-    know its count. Currently it does not: the decoder runs past the end."""
+def test_windows_without_eos_is_refused():
+    """Without EOS a document's last window would have nothing that ends it
+    (the decoder would read past the document), so encode_windows refuses
+    eos=None with a clear message instead of producing undecodable windows."""
     m = cm.dirichlet_model(16, 64, 1)
     docs = m.sample_docs(20, 40, torch.Generator().manual_seed(0))
-    enc = encode_windows(docs, m, 16, 14, None, batch=8)
-    check_round_trip(docs, decode_windows(enc, m, 16, 14, None, batch=5), "eos=None")
+    with pytest.raises(ValueError, match="encode_windows needs eos"):
+        encode_windows(docs, m, 16, 14, None, batch=8)
 
 
 @pytest.mark.parametrize("b", BUDGETS)

@@ -67,6 +67,12 @@ struct StreamEncoder {
   int64_t pos;  // bytes written to the buffer
 };
 
+// States come from user-visible tensors: the step ops check these invariants
+// (which every state a coder produced satisfies) before touching buffers.
+NCX_HD bool stream_encoder_valid(const StreamEncoder& e, int64_t cap) {
+  return e.pos >= 0 && e.pos <= cap && e.range >= kRangeBottom;
+}
+
 NCX_HD void stream_encoder_init(StreamEncoder* e) {
   e->low = 0;
   e->range = kRangeFull;
@@ -129,6 +135,10 @@ struct StreamDecoder {
   int64_t pos;     // next byte to read
 };
 
+NCX_HD bool stream_decoder_valid(const StreamDecoder& d) {
+  return d.pos == 0 || (d.pos >= 8 && d.range >= kRangeBottom && d.code < d.range);
+}
+
 // Bytes past nbytes read as zero (the encoder trimmed trailing zeros).
 NCX_HD uint8_t read_byte(const uint8_t* in, int64_t nbytes, int64_t i) {
   return i < nbytes ? in[i] : 0;
@@ -178,6 +188,11 @@ NCX_HD void window_interval_init(WindowInterval* w) {
   w->low = 0;
   w->range = kRangeFull;
   w->nshift = 0;
+}
+
+// An accepted window interval has a whole cell: 8 n < b <= 128.
+NCX_HD bool window_interval_valid(const WindowInterval& w) {
+  return w.range >= kRangeBottom && w.nshift >= 0 && w.nshift < 16;
 }
 
 // d = log2(cell width in coder units) = 64 + 8 n - b.
@@ -270,6 +285,10 @@ struct WindowEncoder {
   int32_t good_count; // largest j >= 1 whose interval had a straddling cell (0: none)
   U128 good_value;    // that cell's value
 };
+
+NCX_HD bool window_encoder_valid(const WindowEncoder& e) {
+  return window_interval_valid(e.iv) && e.count >= 0 && e.good_count >= 0 && e.good_count <= e.count;
+}
 
 NCX_HD void window_encoder_init(WindowEncoder* e) {
   window_interval_init(&e->iv);
@@ -364,6 +383,10 @@ struct WindowDecoder {
   int32_t max_symbols;  // cap (M1's context, or an exception's stored count)
   int32_t done;
 };
+
+NCX_HD bool window_decoder_valid(const WindowDecoder& d) {
+  return window_interval_valid(d.iv) && d.count >= 0;
+}
 
 NCX_HD void window_decoder_init(WindowDecoder* d, U128 value, int32_t max_symbols) {
   window_interval_init(&d->iv);

@@ -41,6 +41,7 @@ enum Status : int32_t {
   kErrOutputFull = 6,     // output buffer too small for the code
   kErrCorrupt = 7,        // compressed data inconsistent with the distributions
   kErrTruncated = 8,      // compressed data ended before the last symbol
+  kErrState = 9,          // a coder state tensor that no coder produced
 };
 
 constexpr int kMinPrecision = 1;

@@ -205,11 +205,12 @@ Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, co
         if (sym < 0) continue;
         int32_t& st = status.data_ptr<int32_t>()[b];
         if (sym >= V) { st = kErrSymbol; continue; }
+        StreamEncoder* e = state_ptr<StreamEncoder>(state) + b;
+        if (!stream_encoder_valid(*e, cap)) { st = kErrState; continue; }
         uint32_t cum, freq;
         st = quantize_row_symbol(base + b * sb, V, int(precision), logits, sym, scratch.q.data(), &cum, &freq);
         if (st != kOk) continue;
-        st = stream_encode(state_ptr<StreamEncoder>(state) + b, out.data_ptr<uint8_t>() + b * cap, cap, cum,
-                           freq, int(precision));
+        st = stream_encode(e, out.data_ptr<uint8_t>() + b * cap, cap, cum, freq, int(precision));
       }
     });
   });
@@ -219,11 +220,15 @@ Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, co
 Tensor stream_encode_finish_cpu(Tensor& state, Tensor& out) {
   int64_t B = out.size(0);
   check_state(state, B, words_of(sizeof(StreamEncoder)), "stream encoder");
+  TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 2 && out.is_contiguous(),
+              "out must be a contiguous uint8 tensor of shape [B, capacity], got ", out.sizes());
   Tensor nbits = at::empty({B}, state.options());
   const int64_t cap = out.size(1);
   for (int64_t b = 0; b < B; ++b) {
     StreamEncoder* e = state_ptr<StreamEncoder>(state) + b;
-    nbits.data_ptr<int64_t>()[b] = stream_encode_finish(e, out.data_ptr<uint8_t>() + b * cap, cap);
+    // -1: the buffer is too small; -2: the state is not a coder's.
+    nbits.data_ptr<int64_t>()[b] =
+        stream_encoder_valid(*e, cap) ? stream_encode_finish(e, out.data_ptr<uint8_t>() + b * cap, cap) : -2;
     stream_encoder_init(e);
   }
   return nbits;
@@ -256,6 +261,7 @@ std::tuple<Tensor, Tensor> stream_decode_step_cpu(Tensor& state, const Tensor& d
         const uint8_t* in = data.data_ptr<uint8_t>() + b * N;
         int64_t nbytes = std::min((nbits.data_ptr<int64_t>()[b] + 7) / 8, N);  // never read past the row
         StreamDecoder* dec = state_ptr<StreamDecoder>(state) + b;
+        if (!stream_decoder_valid(*dec)) { status.data_ptr<int32_t>()[b] = kErrState; continue; }
         if (dec->pos == 0) stream_decoder_init(dec, in, nbytes);  // a fresh (zeroed) state
         int64_t s = stream_decode_one(dec, in, nbytes, base + b * sb, V, int(precision), logits, scratch);
         if (s < 0) status.data_ptr<int32_t>()[b] = int32_t(-s);
@@ -275,7 +281,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
   check_step(dist, symbols_in, B, V);
   check_precision(precision, V);
   check_budget(budget_bits, precision);
-  TORCH_CHECK(max_symbols >= 1, "max_symbols must be >= 1, got ", max_symbols);
+  TORCH_CHECK(max_symbols >= 1 && max_symbols <= INT32_MAX, "max_symbols must be in [1, 2^31), got ", max_symbols);
   check_state(state, B, words_of(sizeof(WindowEncoder)), "window encoder");
   Tensor symbols = symbols_in.contiguous();
   auto opts = dist.options();
@@ -295,10 +301,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
         if (sym < 0) continue;
         int32_t& st = status.data_ptr<int32_t>()[b];
         if (sym >= V) { st = kErrSymbol; continue; }
+        WindowEncoder* e = state_ptr<WindowEncoder>(state) + b;
+        if (!window_encoder_valid(*e)) { st = kErrState; continue; }
         st = quantize_row_cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
         if (st != kOk) continue;
         WindowClose close;
-        int32_t ev = window_encode(state_ptr<WindowEncoder>(state) + b, scratch.cdf.data(), V, sym,
+        int32_t ev = window_encode(e, scratch.cdf.data(), V, sym,
                                    int(precision), int(budget_bits), int32_t(max_symbols), &close);
         event.data_ptr<int32_t>()[b] = ev;
         if (ev != kWindowAccepted) {
@@ -332,7 +340,9 @@ std::tuple<Tensor, Tensor, Tensor> window_encode_finish_cpu(Tensor& state, const
   for (int64_t b = 0; b < B; ++b) {
     if (!active.data_ptr<bool>()[b]) continue;
     WindowClose close;
-    if (window_encode_finish(state_ptr<WindowEncoder>(state) + b, int(budget_bits), &close)) {
+    WindowEncoder* e = state_ptr<WindowEncoder>(state) + b;
+    TORCH_CHECK(window_encoder_valid(*e), "window encoder state of stream ", b, " is not a coder's state");
+    if (window_encode_finish(e, int(budget_bits), &close)) {
       has.data_ptr<bool>()[b] = true;
       uint8_t* c = codes.data_ptr<uint8_t>() + b * nb;
       for (int64_t i = 0; i < nb; ++i) c[i] = uint8_t(u128_shr(close.value, int(8 * (nb - 1 - i))).lo);
@@ -392,6 +402,7 @@ std::tuple<Tensor, Tensor, Tensor> window_decode_step_cpu(Tensor& state, const T
           ended.data_ptr<bool>()[b] = true;
           continue;
         }
+        if (!window_decoder_valid(*d)) { status.data_ptr<int32_t>()[b] = kErrState; continue; }
         uint32_t target = window_decode_target(*d, int(budget_bits), int(precision)), cum, freq;
         int64_t s;
         int32_t st = quantize_row_find(base + b * sb, V, int(precision), logits, target, scratch.q.data(), &s, &cum,

@@ -255,13 +255,15 @@ __global__ void stream_encode_step_kernel(int64_t* state, uint8_t* out, int64_t 
   int64_t sym = symbols[b];
   int32_t st = kOk;
   if (sym >= d.V) st = kErrSymbol;
+  StreamEncoder* enc = state_at<StreamEncoder>(state, b);
+  if (sym >= 0 && st == kOk && !stream_encoder_valid(*enc, cap)) st = kErrState;
   if (sym >= 0 && st == kOk) {
     auto q = make_quant(row_at<T>(d, b, 0), d.V, precision, logits);
     uint32_t below;
     st = q.prepare(sym, &below);
     if (st == kOk && lane == 0) {
       uint32_t cum = uint32_t(sym) + below + (q.qp.argmax < sym ? q.qp.rem : 0u);
-      st = stream_encode(state_at<StreamEncoder>(state, b), out + b * cap, cap, cum, q.freq(sym), precision);
+      st = stream_encode(enc, out + b * cap, cap, cum, q.freq(sym), precision);
     }
   }
   if (lane == 0) status[b] = st;
@@ -271,7 +273,8 @@ __global__ void stream_encode_finish_kernel(int64_t* state, uint8_t* out, int64_
   int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
   StreamEncoder* e = state_at<StreamEncoder>(state, b);
-  nbits[b] = stream_encode_finish(e, out + b * cap, cap);
+  // -1: the buffer is too small; -2: the state is not a coder's.
+  nbits[b] = stream_encoder_valid(*e, cap) ? stream_encode_finish(e, out + b * cap, cap) : -2;
   stream_encoder_init(e);
 }
 
@@ -284,7 +287,9 @@ __global__ void stream_decode_step_kernel(int64_t* state, const uint8_t* data, i
   int lane = threadIdx.x & 31;
   int64_t sym = -1;
   int32_t st = kOk;
-  if (active[b]) {
+  if (active[b] && !stream_decoder_valid(*state_at<StreamDecoder>(state, b))) {
+    st = kErrState;
+  } else if (active[b]) {
     const uint8_t* in = data + b * N;
     int64_t nbytes = min((nbits[b] + 7) / 8, N);  // never read past the row
     StreamDecoder* dec = state_at<StreamDecoder>(state, b);
@@ -320,6 +325,7 @@ __global__ void window_encode_step_kernel(int64_t* state, DistArg d, int64_t B, 
   close.given_back = 0;
   close.value = U128{0, 0};
   if (sym >= d.V) st = kErrSymbol;
+  if (sym >= 0 && st == kOk && !window_encoder_valid(*state_at<WindowEncoder>(state, b))) st = kErrState;
   if (sym >= 0 && st == kOk) {
     auto q = make_quant(row_at<T>(d, b, 0), d.V, precision, logits);
     uint32_t below;
@@ -349,7 +355,9 @@ __global__ void window_encode_finish_kernel(int64_t* state, const bool* active, 
   if (b >= B) return;
   const int nb = budget_bits / 8;
   WindowClose close;
-  bool h = active[b] && window_encode_finish(state_at<WindowEncoder>(state, b), budget_bits, &close);
+  WindowEncoder* e = state_at<WindowEncoder>(state, b);
+  // An invalid state (not a coder's) yields no window rather than garbage.
+  bool h = active[b] && window_encoder_valid(*e) && window_encode_finish(e, budget_bits, &close);
   has[b] = h;
   store_code(codes + b * nb, nb, h ? close.value : U128{0, 0});
   nsym[b] = h ? close.symbols : 0;
@@ -380,6 +388,8 @@ __global__ void window_decode_step_kernel(int64_t* state, DistArg d, int64_t B, 
     end = true;
   } else if (dec->count >= dec->max_symbols) {
     end = true;
+  } else if (!window_decoder_valid(*dec)) {
+    st = kErrState;
   } else {
     auto q = make_quant(row_at<T>(d, b, 0), d.V, precision, logits);
     uint32_t below;
