@@ -52,7 +52,7 @@ import torch
 
 from . import dataset as ds
 from .corpus import SPLITS, _files_under, corpus_hash, default_corpus, read_documents
-from .methods import METHOD_NAMES, DecodeError, Encoded, EqualInfoACMethod, Method, method_from_name, \
+from .methods import METHOD_NAMES, Encoded, EqualInfoACMethod, Method, method_from_name, \
     method_from_spec
 
 __all__ = ["compress", "decompress", "inspect_dataset", "shard_ranges", "add_arguments", "run",
@@ -250,9 +250,10 @@ def _read_job(out: Path) -> dict | None:
     return job
 
 
-def _prepare_job(out: Path, key: dict, fit_docs_loader, method_name: str, params: dict, m1_coder) -> tuple[dict, list[int]]:
+def _prepare_job(out: Path, key: dict, fit_docs: list[bytes] | None, method_name: str, params: dict,
+                 m1_coder) -> tuple[dict, list[int]]:
     """Rank 0's part: the job record (read and checked against `key` when the directory
-    holds one, else fitted, built and written) and the shards already done."""
+    holds one, else built, fitted on fit_docs, and written) and the shards already done."""
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: --out exists and is not a directory")
     job = _read_job(out)
@@ -263,7 +264,6 @@ def _prepare_job(out: Path, key: dict, fit_docs_loader, method_name: str, params
         if leftovers:
             raise ValueError(f"{out}: holds dataset files ({leftovers[0]}, ...) but no {JOB_FILE}: not a "
                              f"resumable compress job; choose another --out or empty it")
-        fit_docs = fit_docs_loader()
         method = method_from_name(method_name, train_docs=fit_docs, m1_coder=m1_coder, **params)
         job = {"format": _JOB_FORMAT, "format_version": _JOB_FORMAT_VERSION, "key": key,
                "method": _method_dict(method)}
@@ -344,12 +344,6 @@ def compress(
         m1_coder = m1_config = None
         if m1:
             m1_coder, m1_config = _load_m1_coder(m1, device)
-
-        def load_fit_docs():
-            if method not in FITTED_METHODS:
-                return None
-            return _load_documents(fit_data, fit_split, text_field, lines, None, "fit data")[0]
-
         key = {
             "method": method,
             "params": params,
@@ -359,30 +353,28 @@ def compress(
             "shards": {"rule": "docs" if shard_docs else "bytes",
                        "size": shard_docs or shard_bytes or DEFAULT_SHARD_BYTES, "count": len(ranges)},
         }
+        fit_inputs = []
         if rank == 0:
             try:
+                fit_docs = None
                 if method in FITTED_METHODS:
-                    fit_docs = load_fit_docs()
+                    fit_docs, fit_inputs = _load_documents(fit_data, fit_split, text_field, lines, None, "fit data")
                     key["fit"] = {"documents": len(fit_docs), "bytes": sum(map(len, fit_docs)),
                                   "corpus_hash": corpus_hash(fit_docs)}
-                    loader = lambda: fit_docs  # noqa: E731
-                else:
-                    loader = load_fit_docs
-                job, done = _prepare_job(out, key, loader, method, params, m1_coder)
-                msg = ("ok", job, done)
+                job, done = _prepare_job(out, key, fit_docs, method, params, m1_coder)
             except Exception as e:
                 # Tell the other ranks, so they stop with the same error instead of waiting.
                 _broadcast_from_rank0(("error", type(e).__name__, str(e)), world)
                 raise
-            msg = _broadcast_from_rank0(msg, world)
+            _broadcast_from_rank0(("ok", job, done), world)
         else:
             msg = _broadcast_from_rank0(None, world)
             if msg[0] == "error":
                 raise (FileNotFoundError if msg[1] == "FileNotFoundError" else ValueError)(msg[2])
-            if msg[1]["key"]["data"] != key["data"]:
+            _, job, done = msg
+            if job["key"]["data"] != key["data"]:
                 raise ValueError(f"rank {rank} read other documents than rank 0")
-        _, job, done = msg
-        coder = method_from_spec(job["method"], m1_coder)
+        codec = method_from_spec(job["method"], m1_coder)
 
         done = set(done)
         todo = [i for i in range(len(ranges)) if i % world == rank and i not in done]
@@ -390,7 +382,7 @@ def compress(
         desc = f"compress {job['method']['name']}" + (f" [rank {rank}/{world}]" if world > 1 else "")
         with _progress(total, desc, progress) as bar:
             for i in todo:
-                _encode_shard(out, i, ranges[i], docs, coder, batch, bar)
+                _encode_shard(out, i, ranges[i], docs, codec, batch, bar)
         _barrier(world)
         if rank != 0:
             return None
@@ -401,11 +393,10 @@ def compress(
             "windows": sum(r.windows for r in records if r),
             "exceptions": sum(r.exceptions for r in records if r),
             "shard_rule": key["shards"],
+            "fit_inputs": [ds._input_entry(x) for x in fit_inputs],
         }
-        manifest = ds.finalize_manifest(out, method=job["method"], vocab_size=coder.vocab_size,
-                                        num_shards=len(ranges), inputs=inputs, m1_hash=key["m1_hash"],
-                                        extra=extra)
-        return manifest
+        return ds.finalize_manifest(out, method=job["method"], vocab_size=codec.vocab_size, num_shards=len(ranges),
+                                    inputs=inputs, m1_hash=key["m1_hash"], extra=extra)
     finally:
         if own_group:
             import torch.distributed as dist
@@ -586,9 +577,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--lines", action="store_true", help="each line of a .txt file is a document")
         fit = parser.add_mutually_exclusive_group()
         fit.add_argument("--fit-data", nargs="+", metavar="PATH",
-                         help="sentencepiece/static_ac: documents to fit on (default: the embedded corpus's train split)")
+                         help="sentencepiece/static_ac: documents to fit on "
+                              "(default: the embedded corpus's train split)")
         fit.add_argument("--fit-split", choices=SPLITS, help="sentencepiece/static_ac: embedded-corpus split to fit on")
-        parser.add_argument("--out", required=True, metavar="DIR", help="dataset directory (resumed if it holds this job)")
+        parser.add_argument("--out", required=True, metavar="DIR",
+                            help="dataset directory (resumed when it holds this job)")
         shard = parser.add_mutually_exclusive_group()
         shard.add_argument("--shard-docs", type=int, metavar="N", help="documents per shard")
         shard.add_argument("--shard-bytes", type=int, metavar="N",

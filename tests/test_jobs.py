@@ -127,6 +127,7 @@ def test_round_trip_restores_every_document(tmp_path, data, capsys, method, args
     assert manifest["counts"]["bytes"] == sum(map(len, data["docs"]))
     assert manifest["inputs"][0]["name"] == str(data["path"])
     assert manifest["extra"]["m1_flops_per_byte"] == 0 and manifest["m1_hash"] is None
+    assert [e["name"] for e in manifest["extra"]["fit_inputs"]] == ([str(data["fit"])] if fit else [])
     job = json.loads((out / "job.json").read_text())
     assert manifest["method"] == job["method"] and manifest["method"]["kind"] == method
 
