@@ -37,6 +37,7 @@ def test_shapes_and_dtypes():
         logits = model(tokens)
     assert logits.shape == (3, 17, VOCAB_SIZE) and logits.dtype == torch.float32
     coder = model.coder()
+    assert isinstance(coder, M1Coder) and coder.weights_hash == model.weights_hash
     out = coder(torch.tensor([BOS, BOS]), torch.tensor([0, 0]))
     assert out.shape == (2, VOCAB_SIZE) and out.dtype == torch.float32
     assert (coder.vocab_size, coder.bos, coder.logits, coder.max_symbols) == (257, 256, True, 63)
