@@ -22,8 +22,9 @@ quantization inside the timed region:
 Everything single-stream runs on one CPU thread (torch.set_num_threads(1)).
 Sizes are exact code lengths in bits (ncx's nbits; constriction's whole
 32-bit words; torchac's bytes), without any container or per-stream length.
-Each figure is the median of --repeats runs; every round trip is checked for
-exactness. Then the same data split into B streams ([B, N / B, 256]) goes
+Each figure is the median of --repeats rounds that interleave the coders, as
+symbols per wall second and per CPU second (the steadier one on a shared
+machine); every round trip is checked for exactness. Then the same data split into B streams ([B, N / B, 256]) goes
 through ops.encode / ops.decode with 1 and 2 threads, for the multi-core
 speedup.
 
@@ -31,8 +32,8 @@ Targets (issue 2): ncx >= 2.5x constriction for encode and for decode on one
 thread; >= 1.8x speedup on 2 cores for multi-stream.
 
 The data generator (lm_like), started_window_decoder and the provenance record
-are shared with the other bench scripts; the peers are imported only here, lazily, because the GPU
-machine does not have them.
+are shared with the other bench scripts; the peers are imported lazily, where
+used, because the GPU machine does not have them.
 """
 from __future__ import annotations
 
