@@ -113,7 +113,8 @@ def provenance() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": run(["git", "rev-parse", "HEAD"]),
         # Uncommitted changes to what the figures depend on (the coder and its build).
-        "git_dirty": run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../csrc", "../ncx", "../setup.py"]).splitlines(),
+        "git_dirty": run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                          "../csrc", "../ncx", "../setup.py"]).splitlines(),
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
