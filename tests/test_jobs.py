@@ -174,9 +174,11 @@ def test_sigkilled_job_resumes_to_identical_output(tmp_path, data):
     """Kill the job (SIGKILL) right after its first shard lands; the rerun writes only the
     missing shards and ends with the files of an uninterrupted run, byte for byte. The
     three runs use different --batch values: batching does not change the output."""
-    docs = make_docs(2, 60, 400)
+    # Many one-document shards: the job runs on for a second or two after its first shard
+    # (most of it the fsyncs of the atomic writes), time enough for the kill to land.
+    docs = make_docs(2, 90, 150)
     src = write_jsonl(tmp_path / "big.jsonl", docs)
-    args = ["compress", "--method", "static_ac", "--fit-data", data["fit"], "--data", src, "--shard-docs", 2,
+    args = ["compress", "--method", "static_ac", "--fit-data", data["fit"], "--data", src, "--shard-docs", 1,
             "--no-progress"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert ncx(*args, "--out", clean, "--batch", 3) == 0
@@ -192,8 +194,7 @@ def test_sigkilled_job_resumes_to_identical_output(tmp_path, data):
     proc.wait()
     proc.stderr.close()
     assert not (killed / "manifest.json").exists(), "the job finished before the kill: give it more data"
-    written = sorted(p.name for p in killed.glob("shard-*.json"))
-    assert len(written) < 30
+    assert len(list(killed.glob("shard-*.json"))) < len(docs)
     first = (killed / "shard-00000.tokens").stat()
 
     assert ncx(*args, "--out", killed, "--batch", 1) == 0
