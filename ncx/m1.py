@@ -454,7 +454,7 @@ class M1Coder:
             k_cache[rows, :, positions] = k
             v_cache[rows, :, positions] = v
             a = torch.cat([
-                _attend(q[i:i + chunk], k_cache[i:i + chunk, :, :L], v_cache[i:i + chunk, :, :L],
+                _attend(q[i:i + chunk], k_cache[i:min(i + chunk, B), :, :L], v_cache[i:min(i + chunk, B), :, :L],
                         positions[i:i + chunk])
                 for i in range(0, B, chunk)])  # (B, H, hd)
             x = x + _linear_exact(a.reshape(B, c.n_embd), *w["proj"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 import zlib
 from abc import ABC, abstractmethod
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from . import m1 as m1_module
+from . import ops
 from .model_coding import EncodedWindows, decode_streams, decode_windows, encode_streams, encode_windows
 
 __all__ = [
@@ -378,12 +380,54 @@ class StaticACMethod(Method):
     def spec(self) -> dict:
         return {"kind": "static_ac", "v": self.vocab_size, "precision": self.precision, "counts": self.counts}
 
+    # The model is static, so whole documents go through one native call each
+    # batch (ops.encode over a stride-0 expanded distribution): no step loop.
+    def _dist(self, B: int, T: int) -> torch.Tensor:
+        return self.model.probs.view(1, 1, -1).expand(B, T, -1)
+
     def _encode_docs(self, docs):
-        return _pack_streams(encode_streams(docs, self.model, self.precision, m1_module.EOS, self.batch),
-                             self.vocab_size)
+        out = []
+        for lo in range(0, len(docs), self.batch):
+            part = docs[lo:lo + self.batch]
+            T = max(len(d) for d in part) + 1
+            sym = torch.full((len(part), T), m1_module.EOS, dtype=torch.int64)
+            for r, d in enumerate(part):
+                if d:
+                    sym[r, :len(d)] = torch.frombuffer(bytearray(d), dtype=torch.uint8)
+            lengths = torch.tensor([len(d) + 1 for d in part], dtype=torch.int64)
+            data, nbits = ops.encode(self._dist(len(part), T), sym, lengths, self.precision)
+            out += [(bytes_to_tokens(data[r, :(int(nbits[r]) + 7) // 8].numpy().tobytes(), self.vocab_size), [])
+                    for r in range(len(part))]
+        return out
 
     def _decode_docs(self, encoded, lenient):
-        return _decode_ac(encoded, self.model, self.precision, self.vocab_size, self.batch, lenient)
+        # Without a recorded length (lenient), the most likely symbol's cost
+        # bounds how many symbols the bits can hold.
+        per_bit = int(math.ceil(1.0 / -math.log2(float(self.model.probs.max())))) if lenient else 0
+        out = []
+        for lo in range(0, len(encoded), self.batch):
+            part = encoded[lo:lo + self.batch]
+            blobs = [tokens_to_bytes(e.tokens, self.vocab_size) for e in part]
+            if lenient:
+                lengths = [8 * len(b) * per_bit + 1 for b in blobs]
+            else:
+                lengths = [e.byte_count + 1 for e in part]
+            T, N = max(lengths), max([len(b) for b in blobs] + [1])
+            data = torch.zeros(len(part), N, dtype=torch.uint8)
+            for r, b in enumerate(blobs):
+                if b:
+                    data[r, :len(b)] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
+            nbits = torch.tensor([8 * len(b) for b in blobs], dtype=torch.int64)
+            sym = ops.decode(self._dist(len(part), T), data, nbits, torch.tensor(lengths), self.precision)
+            for r, e in enumerate(part):
+                row = sym[r, :lengths[r]]
+                cut = torch.nonzero(row == m1_module.EOS)
+                end = int(cut[0, 0]) if len(cut) else len(row)
+                if not lenient and end != e.byte_count:
+                    raise DecodeError(f"document {lo + r}: StaticAC stream ends at symbol {end}, "
+                                      f"the recorded length is {e.byte_count}: the tokens are corrupt")
+                out.append(_symbols_to_bytes(row[:end]))
+        return out
 
 
 def _decode_ac(encoded, model, precision, v, batch, lenient) -> list[bytes]:

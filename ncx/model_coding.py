@@ -165,81 +165,73 @@ def _group_windows(records, n_docs: int, nb: int) -> list[EncodedWindows]:
 def decode_windows(encoded: Sequence[EncodedWindows], model: ContextModel, budget_bits: int, precision: int,
                    eos: int | None, batch: int = 256) -> list[torch.Tensor]:
     """Inverse of encode_windows: each document's symbols (int64, without the
-    EOS). Windows decode by the rule; exceptions by their stored count.
-    Documents may be decoded in any batch size and order: each window needs
-    only its own code and the model."""
+    EOS). Every window is decoded as an independent unit (its own code, a
+    fresh coder and a fresh model context), so a long document's windows
+    decode in parallel, in any batch size and order; a document is the
+    concatenation of its windows' symbols up to its EOS. Exceptions decode by
+    their stored symbol count, all others by the rule. With eos=None (tokens
+    from M2) a document is simply all its windows' symbols."""
     device = _model_device(model)
     n = len(encoded)
     nb = budget_bits // 8
     counts = torch.tensor([len(e.codes) for e in encoded], dtype=torch.int64)
-    all_codes = torch.cat([e.codes.reshape(-1, nb) for e in encoded]).to(device) if n else torch.zeros(0, nb, dtype=torch.uint8, device=device)
-    caps = torch.full((len(all_codes),), model.max_symbols, dtype=torch.int64)
+    units = int(counts.sum())
+    all_codes = torch.cat([e.codes.reshape(-1, nb) for e in encoded]).to(device) if units else None
+    unit_doc = torch.repeat_interleave(torch.arange(n), counts)
+    caps = torch.full((units,), model.max_symbols, dtype=torch.int64)
     first = torch.cumsum(counts, 0) - counts
     for d, e in enumerate(encoded):
         for w, c in e.exceptions:
+            if not 0 <= w < len(e.codes):
+                raise ValueError(f"document {d}: exception for window {w}, but it has {len(e.codes)} windows")
             caps[first[d] + w] = c
     caps = caps.to(device)
-    first, counts = first.to(device), counts.to(device)
-    B = max(1, min(batch, n))
+    B = max(1, min(batch, units))
     dec = WindowDecoder(B, budget_bits, precision, eos if eos is not None else -1, device)
-    slot_doc = torch.full((B,), -1, dtype=torch.int64, device=device)
-    slot_win = torch.zeros(B, dtype=torch.int64, device=device)  # global window index
-    slot_last = torch.zeros(B, dtype=torch.int64, device=device)  # one past the doc's last window
+    slot_unit = torch.full((B,), -1, dtype=torch.int64, device=device)
     wlen = torch.zeros(B, dtype=torch.int64, device=device)
     tokens = torch.full((B,), model.bos, dtype=torch.int64, device=device)
-    next_doc = 0
-    out_doc, out_sym = [], []
-
-    def start_windows(mask: torch.Tensor) -> None:
-        idx = slot_win.clamp(max=max(len(all_codes) - 1, 0))
-        if len(all_codes):
-            dec.start(all_codes[idx], mask, torch.where(mask, caps[idx], torch.zeros_like(idx)))
-        wlen[mask] = 0
-        tokens[mask] = model.bos
-
-    def refill(free: torch.Tensor) -> torch.Tensor:
-        nonlocal next_doc
-        slots = torch.nonzero(free).flatten()
-        k = min(len(slots), n - next_doc)
-        slot_doc[slots] = -1
-        if k:
-            s = slots[:k]
-            ids = torch.arange(next_doc, next_doc + k, device=device)
-            next_doc += k
-            slot_doc[s], slot_win[s], slot_last[s] = ids, first[ids], first[ids] + counts[ids]
-        # Slots whose document has no windows are finished at once.
-        return (slot_doc >= 0) & (slot_win >= slot_last) & free
-
+    next_unit = 0
+    out_unit, out_sym = [], []
     free = torch.ones(B, dtype=torch.bool, device=device)
     while True:
-        empty = refill(free)
-        while bool(empty.any()):
-            empty = refill(empty)
-        starting = free & (slot_doc >= 0)
-        if bool(starting.any()):
-            start_windows(starting)
-        active = slot_doc >= 0
+        slots = torch.nonzero(free).flatten()
+        k = min(len(slots), units - next_unit)
+        slot_unit[slots] = -1
+        if k:
+            s = slots[:k]
+            slot_unit[s] = torch.arange(next_unit, next_unit + k, device=device)
+            next_unit += k
+            mask = torch.zeros(B, dtype=torch.bool, device=device)
+            mask[s] = True
+            idx = slot_unit.clamp(min=0)
+            dec.start(all_codes[idx], mask, torch.where(mask, caps[idx], torch.zeros_like(idx)))
+            wlen[s] = 0
+            tokens[s] = model.bos
+        active = slot_unit >= 0
         if not bool(active.any()):
             break
         dist = model(tokens, wlen)
         sym, ended = dec.step(dist, logits=model.logits)
         got = active & (sym >= 0)
-        is_eos = got & (sym == (eos if eos is not None else -2))
-        keep = got & ~is_eos
-        if bool(keep.any()):
-            idx = torch.nonzero(keep).flatten()
-            out_doc.append(slot_doc[idx])
+        if bool(got.any()):
+            idx = torch.nonzero(got).flatten()
+            out_unit.append(slot_unit[idx])
             out_sym.append(sym[idx])
         wlen = torch.where(got, wlen + 1, wlen)
         tokens = torch.where(got, sym, tokens)
-        # A window ended: move to the document's next window, or finish it.
-        nxt = active & ended & ~is_eos
-        slot_win = torch.where(nxt, slot_win + 1, slot_win)
-        more = nxt & (slot_win < slot_last)
-        if bool(more.any()):
-            start_windows(more)
-        free = is_eos | (nxt & ~more)
-    return _group_symbols(out_doc, out_sym, n)
+        free = active & (ended | (got & (sym == (eos if eos is not None else -2))))
+    # Each unit's symbols in decoding order, units in document and window order.
+    per_unit = _group_symbols(out_unit, out_sym, units)
+    docs = []
+    for d in range(n):
+        parts = per_unit[int(first[d]): int(first[d] + counts[d])]
+        syms = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+        if eos is not None:
+            cut = torch.nonzero(syms == eos)
+            syms = syms[: int(cut[0, 0])] if len(cut) else syms
+        docs.append(syms)
+    return docs
 
 
 def _group_symbols(out_doc, out_sym, n: int) -> list[torch.Tensor]:
