@@ -390,6 +390,9 @@ def compress(
         records = [ds._load_record(out, i) for i in range(len(ranges))]
         extra = {
             "m1_flops_per_byte": m1_config.flops_per_byte if m1_config else 0,
+            # M1's float coding path is bit-exact per kind of device (DESIGN.md, level 1):
+            # decompress checks it decodes on the same kind.
+            "m1_device_type": torch.device(codec.coder.device).type if m1_config else None,
             "windows": sum(r.windows for r in records if r),
             "exceptions": sum(r.exceptions for r in records if r),
             "shard_rule": key["shards"],
@@ -461,6 +464,10 @@ def decompress(
         raise ValueError(f"--m1 does not apply: {data.path} was coded with {data.method.get('name')}, "
                          f"which does not use M1")
     coder = _load_m1_coder(m1, device)[0] if m1 else None
+    coded_on = data.manifest.get("extra", {}).get("m1_device_type")
+    if coder is not None and coded_on and torch.device(coder.device).type != coded_on:
+        raise ValueError(f"{data.path} was coded with M1 on {coded_on}; M1's float coding path is bit-exact only "
+                         f"on the same kind of device: decode with --device {coded_on}")
     method = method_from_spec(data.method, coder)
     if method.vocab_size != data.vocab_size:
         raise ValueError(f"{data.path}: method {method.name} has vocabulary {method.vocab_size}, the dataset "

@@ -49,6 +49,9 @@ class EncodedWindows:
     codes: torch.Tensor                 # uint8 [n_windows, budget_bits // 8]
     window_symbols: torch.Tensor        # int32 [n_windows], symbols per window
     exceptions: list[tuple[int, int]] = field(default_factory=list)  # (window index, symbol count)
+    # Symbols the disambiguation rule gave back at each window's end (greedy
+    # packing would have kept them): the rule's cost in window capacity.
+    given_back: torch.Tensor | None = None  # int32 [n_windows]
 
 
 class _DocQueue:
@@ -126,7 +129,8 @@ def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, 
         closed = step.event >= 1
         if bool(closed.any()):
             idx = torch.nonzero(closed).flatten()
-            records.append((slot_doc[idx], step.codes[idx], step.window_symbols[idx], step.event[idx] == 2))
+            records.append((slot_doc[idx], step.codes[idx], step.window_symbols[idx], step.event[idx] == 2,
+                            step.given_back[idx]))
         back = torch.where(closed, step.given_back.to(torch.int64), torch.zeros_like(pos))
         pos = pos + taken.to(torch.int64) - back
         wlen = torch.where(taken, wlen + 1, torch.zeros_like(wlen))
@@ -135,7 +139,8 @@ def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, 
         if bool(done.any()):
             has, codes, nsym = enc.finish(done)
             idx = torch.nonzero(has).flatten()
-            records.append((slot_doc[idx], codes[idx], nsym[idx], torch.zeros(len(idx), dtype=torch.bool, device=device)))
+            none = torch.zeros(len(idx), dtype=torch.int32, device=device)
+            records.append((slot_doc[idx], codes[idx], nsym[idx], none.bool(), none))
             refill(done)
             empty = (slot_doc >= 0) & (pos == end)
     return _group_windows(records, len(docs), budget_bits // 8)
@@ -147,17 +152,19 @@ def _group_windows(records, n_docs: int, nb: int) -> list[EncodedWindows]:
         codes = torch.cat([r[1] for r in records]).cpu()
         nsym = torch.cat([r[2] for r in records]).cpu()
         exc = torch.cat([r[3] for r in records]).cpu()
+        back = torch.cat([r[4] for r in records]).cpu()
         order = torch.sort(doc, stable=True).indices
-        doc, codes, nsym, exc = doc[order], codes[order], nsym[order], exc[order]
+        doc, codes, nsym, exc, back = doc[order], codes[order], nsym[order], exc[order], back[order]
     else:
         doc, codes = torch.zeros(0, dtype=torch.int64), torch.zeros(0, nb, dtype=torch.uint8)
         nsym, exc = torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.bool)
+        back = torch.zeros(0, dtype=torch.int32)
     counts = torch.bincount(doc, minlength=n_docs).tolist()
     out, at = [], 0
     for c in counts:
         e = exc[at:at + c]
         exceptions = [(int(i), int(nsym[at + i])) for i in torch.nonzero(e).flatten().tolist()]
-        out.append(EncodedWindows(codes[at:at + c], nsym[at:at + c], exceptions))
+        out.append(EncodedWindows(codes[at:at + c], nsym[at:at + c], exceptions, back[at:at + c]))
         at += c
     return out
 

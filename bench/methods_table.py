@@ -1,0 +1,226 @@
+"""Issue 3's figures: bytes per token of every method on the held-out default
+corpus (next to the paper's figures and to gzip -9 / xz -9 / zstd -19), M1's
+held-out bits/byte and plain AC's bits/byte, the Equal-Info rule's cost over
+greedy packing, and coding throughput with M1's share of the time.
+
+    python bench/methods_table.py --m1 runs/m1.safetensors --json out.json
+
+Documents for the M1 methods are cut into pieces of --piece-bytes (each piece
+ends with EOS, like a document), so that many streams run at once; the cut
+costs one EOS per piece. Everything else sees the whole held-out documents.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import math
+import platform
+import subprocess
+import sys
+import time
+import zlib
+
+import torch
+
+from ncx import corpus, m1, methods
+
+# Bytes per token from the paper (PAPER.md), v=256 and v=65k.
+PAPER = {
+    "Bytes": (1.00, None), "SentencePiece": (4.28, None), "AC": (5.49, 10.98), "StaticAC": (1.73, 3.46),
+    "GZip": (2.23, 4.47), "EqualInfoAC b=16": (2.66, 5.31), "EqualInfoAC b=32": (3.49, 6.97),
+    "EqualInfoAC b=64": (4.16, 8.33), "EqualInfoAC b=128": (4.61, 9.22), "EqualInfoAC b=24": (None, None),
+}
+
+
+class TimedModel:
+    """Wraps a ContextModel and accumulates the time spent inside it."""
+
+    def __init__(self, model):
+        self.model, self.seconds = model, 0.0
+        for attr in ("vocab_size", "bos", "logits", "max_symbols", "device", "weights_hash"):
+            setattr(self, attr, getattr(model, attr))
+
+    def __call__(self, tokens, positions):
+        t = time.perf_counter()
+        out = self.model(tokens, positions)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def pieces(docs: list[bytes], size: int) -> list[bytes]:
+    return [d[i:i + size] for d in docs for i in range(0, max(len(d), 1), size)]
+
+
+def whole_file_bits_per_byte(text: bytes) -> dict:
+    out = {"gzip -9": 8 * len(zlib.compress(text, 9)) / len(text),
+           "xz -9": 8 * len(lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)) / len(text)}
+    try:
+        z = subprocess.run(["zstd", "-19", "-c", "-q"], input=text, capture_output=True, check=True).stdout
+        out["zstd -19"] = 8 * len(z) / len(text)
+    except (FileNotFoundError, subprocess.CalledProcessError):
+        try:
+            import zstandard
+
+            out["zstd -19"] = 8 * len(zstandard.ZstdCompressor(level=19).compress(text)) / len(text)
+        except ImportError:
+            out["zstd -19"] = None
+    return out
+
+
+def bytes_per_token(method, docs) -> tuple[float, list]:
+    enc = method.encode_batch(docs)
+    return sum(map(len, docs)) / sum(len(e.tokens) for e in enc), enc
+
+
+def throughput(method_factory, coder, docs) -> dict:
+    """Encode + decode MB/s of text and M1's share of each."""
+    timed = TimedModel(coder)
+    method = method_factory(timed)
+    n = sum(map(len, docs))
+    t = time.perf_counter()
+    enc = method.encode_batch(docs)
+    t_enc, m_enc = time.perf_counter() - t, timed.seconds
+    timed.seconds = 0.0
+    t = time.perf_counter()
+    assert method.decode_batch(enc) == docs
+    t_dec, m_dec = time.perf_counter() - t, timed.seconds
+    return {"bytes": n, "encode_MBps": n / t_enc / 1e6, "decode_MBps": n / t_dec / 1e6,
+            "encode_m1_share": m_enc / t_enc, "decode_m1_share": m_dec / t_dec,
+            "encode_s": t_enc, "decode_s": t_dec}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--m1", required=True, help="trained M1 checkpoint")
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--piece-bytes", type=int, default=2048)
+    ap.add_argument("--m1-bytes", type=int, default=None, help="cap the held-out bytes the M1 methods see")
+    ap.add_argument("--sp-vocab", type=int, default=32000)
+    ap.add_argument("--throughput-bytes", type=int, default=65536)
+    ap.add_argument("--throughput-piece-bytes", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    train = corpus.default_corpus("train")
+    heldout = corpus.default_corpus("heldout")
+    text = b"".join(heldout)
+    model, info = m1.load_m1(args.m1)
+    coder = model.coder()
+    out = {"machine": platform.processor() or platform.machine(), "python": sys.version.split()[0],
+           "torch": torch.__version__, "heldout_bytes": len(text), "heldout_docs": len(heldout),
+           "m1": {"path": args.m1, "hash": info["weights_hash"], "config": str(info["config"]),
+                  "summary": info["summary"]}}
+    out["whole_file_bits_per_byte"] = whole_file_bits_per_byte(text)
+    print("whole file:", {k: round(v, 3) for k, v in out["whole_file_bits_per_byte"].items() if v})
+
+    rows = {}
+
+    def record(label, v, bpt, seconds):
+        rows.setdefault(label, {})[v] = bpt
+        print(f"{label:22s} v={v:<6} bytes/token {bpt:6.3f}   ({seconds:.1f}s)", flush=True)
+
+    for v in (256, 65536):
+        for label, factory in [
+            ("Bytes", lambda: methods.BytesMethod() if v == 256 else None),
+            (f"SentencePiece", lambda: methods.SentencePieceMethod.train(train, args.sp_vocab) if v == 256 else None),
+            ("GZip", lambda: methods.GZipMethod(v)),
+            ("StaticAC", lambda: methods.StaticACMethod.fit(train, v=v)),
+        ]:
+            t = time.perf_counter()
+            method = factory()
+            if method is None:
+                continue
+            bpt, enc = bytes_per_token(method, heldout)
+            assert method.decode_batch(enc) == heldout, method.name
+            record(label, v, bpt, time.perf_counter() - t)
+
+    m1_docs = pieces(heldout, args.piece_bytes)
+    if args.m1_bytes:
+        kept, total = [], 0
+        for d in m1_docs:
+            if total + len(d) > args.m1_bytes:
+                break
+            kept.append(d)
+            total += len(d)
+        m1_docs = kept
+    m1_bytes = sum(map(len, m1_docs))
+    out["m1_methods_bytes"] = m1_bytes
+    out["m1_pieces"] = len(m1_docs)
+
+    # M1's own held-out bits/byte over the same pieces (what plain AC approaches).
+    from ncx.train_m1 import heldout_bits_per_byte
+
+    out["m1_heldout_bits_per_byte"] = heldout_bits_per_byte(model, m1_docs)
+    print(f"M1 held-out bits/byte: {out['m1_heldout_bits_per_byte']:.4f} over {m1_bytes} bytes", flush=True)
+
+    for v in (256, 65536):
+        t = time.perf_counter()
+        ac = methods.ACMethod(coder, v=v, batch=256)
+        bpt, enc = bytes_per_token(ac, m1_docs)
+        record("AC", v, bpt, time.perf_counter() - t)
+        if v == 256:
+            bits = sum(8 * len(e.tokens) for e in enc)
+            out["ac_bits_per_byte"] = bits / m1_bytes
+            print(f"plain AC bits/byte (token bytes, so padding included): {out['ac_bits_per_byte']:.4f}")
+
+    greedy = {}
+    for b in (16, 24, 32, 64, 128):
+        t = time.perf_counter()
+        eq = methods.EqualInfoACMethod(coder, b=b, v=256, batch=256)
+        from ncx.model_coding import encode_windows
+
+        windows = encode_windows(m1_docs, coder, b, eq.precision, m1.EOS, 256)
+        n_windows = sum(len(w.codes) for w in windows)
+        kept = sum(int(w.window_symbols.sum()) for w in windows)
+        back = sum(int(w.given_back.sum()) for w in windows)
+        exceptions = sum(len(w.exceptions) for w in windows)
+        seconds = time.perf_counter() - t
+        # v=256: b/8 tokens a window; v=65k: the window bytes regrouped in 16-bit tokens per piece.
+        tokens_256 = n_windows * b // 8
+        tokens_65k = sum((len(w.codes) * b // 8 + 1) // 2 for w in windows)
+        record(f"EqualInfoAC b={b}", 256, m1_bytes / tokens_256, seconds)
+        record(f"EqualInfoAC b={b}", 65536, m1_bytes / tokens_65k, 0.0)
+        # Symbols per window under the rule vs. greedy packing of the same windows (the rule's
+        # give-back is the capacity it costs; symbols include each piece's EOS).
+        greedy[b] = {"windows": n_windows, "exceptions": exceptions, "symbols_per_window": kept / n_windows,
+                     "greedy_symbols_per_window": (kept + back) / n_windows,
+                     "rule_over_greedy": kept / (kept + back)}
+        print(f"  b={b}: {n_windows} windows, {exceptions} exceptions, rule/greedy = {kept / (kept + back):.4f}")
+    out["bytes_per_token"] = rows
+    out["equal_info_vs_greedy"] = greedy
+
+    # Throughput with this M1 and with a tiny one (untrained: speed does not depend on training).
+    tdocs = pieces(heldout, args.throughput_piece_bytes)
+    tdocs_cut, total = [], 0
+    for d in tdocs:
+        if total >= args.throughput_bytes:
+            break
+        tdocs_cut.append(d)
+        total += len(d)
+    tiny = m1.M1(m1.preset("tiny")).coder()
+    out["throughput"] = {}
+    for m1_name, c in (("trained " + str(info["config"].n_layer) + "x" + str(info["config"].n_embd), coder),
+                       ("tiny", tiny)):
+        for label, factory in (("AC", lambda tm: methods.ACMethod(tm, batch=256)),
+                               ("EqualInfoAC b=16", lambda tm: methods.EqualInfoACMethod(tm, b=16, batch=256))):
+            r = throughput(factory, c, tdocs_cut)
+            out["throughput"][f"{label} / {m1_name}"] = r
+            print(f"{label:18s} {m1_name:12s} encode {r['encode_MBps'] * 1e3:8.2f} kB/s "
+                  f"(M1 {100 * r['encode_m1_share']:.1f}%)  decode {r['decode_MBps'] * 1e3:8.2f} kB/s "
+                  f"(M1 {100 * r['decode_m1_share']:.1f}%)", flush=True)
+
+    print("\n| method | v=256 | paper v=256 | v=65k | paper v=65k |\n|---|---:|---:|---:|---:|")
+    for label, vals in rows.items():
+        p = PAPER.get(label, (None, None))
+        f = lambda x: f"{x:.2f}" if x else "-"
+        print(f"| {label} | {f(vals.get(256))} | {f(p[0])} | {f(vals.get(65536))} | {f(p[1])} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
