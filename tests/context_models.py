@@ -107,7 +107,7 @@ def weights_for_frequencies(freq: np.ndarray, precision: int) -> np.ndarray:
     """Unnormalized probability weights that the quantizer maps exactly to
     freq (sum 2^precision, each >= 1): w_i = freq_i - 1. The fixed-point step
     scales them by a power of two, the integer scaling by exactly
-    2^(62-P-k), and the remainder is 0."""
+    2^(54-P-k), and the remainder is 0."""
     assert freq.sum() == 1 << precision and freq.min() >= 1 and freq.max() <= 1 << 24
     return (freq - 1).astype(np.float32)
 

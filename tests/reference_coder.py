@@ -73,7 +73,7 @@ def exp_ncx(x: np.ndarray) -> np.ndarray:
 
 def _fixed_point(w_bits: np.ndarray, max_bits: int) -> np.ndarray:
     """floor(w * 2^k) with k the power of two that puts the largest weight's
-    mantissa at bit 30 (so max in [2^30, 2^31) for a normal float): the
+    mantissa at bit 22 (so max in [2^22, 2^23) for a normal float): the
     float's exponent and mantissa, shifted. Subnormals have exponent field 0
     and no implicit bit, i.e. the exponent of 1."""
     w = w_bits.astype(np.int64)
@@ -82,7 +82,9 @@ def _fixed_point(w_bits: np.ndarray, max_bits: int) -> np.ndarray:
     mant = np.where(ex == 0, mant, mant | 0x800000)
     ex = np.where(ex == 0, 1, ex)
     ex_max = max(max_bits >> 23, 1)
-    shift = ex - ex_max + 7  # <= 7; floor(mant * 2^shift), and 0 once mant < 2^-shift
+    # <= 0; floor(mant * 2^shift), and 0 once mant < 2^-shift. A subnormal max
+    # (exponent field 0) is not shifted, so it stays >= 1.
+    shift = ex - ex_max - (1 if max_bits >> 23 else 0)
     left = mant << np.clip(shift, 0, 7)
     right = mant >> np.clip(-shift, 0, 40)  # mant < 2^24: a shift of 40 already gives 0
     return np.where(shift >= 0, left, right)
@@ -123,7 +125,7 @@ def quantize_row(bits: np.ndarray, precision: int, logits: bool) -> tuple[np.nda
     q = _fixed_point(w, max_w)
     q_sum = int(q.sum())
     free = (1 << precision) - V  # mass left once every symbol has its 1
-    shift = 62 - precision
+    shift = 54 - precision
     scale = (free << shift) // q_sum
     f = (q.astype(object) * scale) >> shift  # Python ints: exact
     rem = free - int(f.sum())

@@ -12,11 +12,14 @@
 //   1. weight w_i = |x_i| for probabilities, exp_ncx(x_i - max_j x_j) for logits
 //      (a non-negative float, handled through its bit pattern);
 //   2. fixed point q_i = w_i * 2^k, truncated, with the power of two k chosen so
-//      that the largest weight lands in [2^30, 2^31): pure integer bit shifts
-//      of the float's mantissa, so it is exact and identical everywhere;
+//      that the largest weight lands in [2^22, 2^23): pure integer bit shifts
+//      of the float's mantissa, so it is exact and identical everywhere (23
+//      bits keep sum q_i in 32 bits for V <= 512, which the CPU loops need to
+//      run at full vector width);
 //   3. Q = sum q_i, S = 2^P - V (the mass left after every symbol's 1),
-//      scale = floor(S * 2^(62-P) / Q), f_i = (q_i * scale) >> (62-P), which
-//      guarantees sum f_i <= S;
+//      scale = floor(S * 2^(54-P) / Q), f_i = (q_i * scale) >> (54-P), which
+//      guarantees sum f_i <= S (and scale < 2^32 whenever the largest weight
+//      is a normal float);
 //   4. freq_i = 1 + f_i, and the remainder S - sum f_i goes to the first index
 //      of the largest weight.
 #pragma once
@@ -154,13 +157,15 @@ NCX_HD uint32_t logit_weight_bits(uint32_t bits, float max_logit) {
 }
 
 // ---- step 2: fixed point ---------------------------------------------------
-// q = floor(w * 2^k) with the largest weight's mantissa landing at bit 30.
+// q = floor(w * 2^k) with the largest weight's mantissa landing at bit 22.
 NCX_HD uint32_t weight_to_fixed(uint32_t w, uint32_t max_w) {
   // Branch-free so the CPU loops vectorize: a subnormal (exponent field 0)
   // has no implicit bit and the exponent of 1.
   uint32_t ex = w >> 23, ex_max = max_w >> 23;
   uint32_t mant = (w & 0x7fffffu) | (ex ? 0x800000u : 0u);
-  int shift = int(ex ? ex : 1u) - int(ex_max ? ex_max : 1u) + 7;  // <= 7
+  // A normal largest weight lands in [2^22, 2^23); a subnormal one (no
+  // implicit bit, already below 2^23) is kept as it is, so it stays >= 1.
+  int shift = int(ex ? ex : 1u) - int(ex_max ? ex_max : 1u) - (ex_max ? 1 : 0);  // <= 0
   uint32_t left = mant << (shift > 0 ? shift : 0);
   uint32_t right = mant >> (-shift < 31 ? -shift : 31);  // mant < 2^24: >> 31 is 0
   return shift >= 0 ? left : right;
@@ -169,14 +174,15 @@ NCX_HD uint32_t weight_to_fixed(uint32_t w, uint32_t max_w) {
 // ---- step 3: integer scaling ---------------------------------------------
 struct QuantParams {
   uint64_t scale;   // multiplier for q_i
-  int shift;        // 62 - P
+  int shift;        // quant_shift(P)
   uint32_t rem;     // extra mass for the argmax symbol
   int32_t argmax;   // first index of the largest weight
 };
 
+NCX_HD int quant_shift(int precision) { return 54 - precision; }
 NCX_HD uint64_t quant_scale(uint64_t q_sum, int precision, int64_t V) {
   uint64_t free_mass = (uint64_t(1) << precision) - uint64_t(V);
-  return (free_mass << (62 - precision)) / q_sum;
+  return (free_mass << quant_shift(precision)) / q_sum;
 }
 NCX_HD uint32_t fixed_to_f(uint32_t q, uint64_t scale, int shift) {
   return uint32_t((uint64_t(q) * scale) >> shift);
@@ -242,26 +248,21 @@ NCX_HD int32_t scan_row(const T* row, int64_t V, bool logits, uint32_t* max_w, f
   return kOk;
 }
 
-// Steps 1-3 over one row: fills q[0..V) with the fixed-point weights and
-// returns the params, or a status.
-template <typename T>
-NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool logits, uint32_t* q,
-                                    QuantParams* out) {
-  uint32_t max_w = 0;
-  float max_logit = 0.0f;
-  int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
-  if (st != kOk) return st;
-  // weight_to_fixed(w, max_w) = floor(w * 2^(157 - e)), e = max_w's exponent
-  // field. When 2^(157 - e) is a float (e >= 31) that product is exact (a
-  // power-of-two scaling; a result below 2^-126 would floor to 0 anyway, so
-  // FTZ/DAZ modes cannot change it) and the truncating conversion is the
-  // floor: two vector instructions instead of the bit manipulation, with
-  // identical integers.
+// Step 2 over a row: q[0..V), their sum and the first index of the largest
+// weight (the first with q == q_max, as weight_to_fixed is monotone: a
+// min-reduction, so the loops vectorize).
+template <typename Sum, typename T>
+NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w, float max_logit, uint32_t* q,
+                           int32_t* argmax_out) {
+  // weight_to_fixed(w, max_w) = floor(w * 2^(149 - e)), e = max_w's exponent
+  // field. When e >= 23, 2^(149 - e) is a float, the product is exact (a
+  // power-of-two scaling; a subnormal w gives a product below 1, which floors
+  // to 0 either way, so FTZ/DAZ modes cannot change it) and the truncating
+  // conversion is the floor: two vector instructions instead of the bit
+  // manipulation, with identical integers.
   const uint32_t e_max = max_w >> 23;
   const uint32_t q_max = weight_to_fixed(max_w, max_w);
-  uint64_t q_sum = 0;
-  // The first index of the largest weight is the first with q == q_max
-  // (weight_to_fixed is monotone): a min-reduction, so the loops vectorize.
+  Sum q_sum = 0;
   int32_t argmax = int32_t(V);
   auto accumulate = [&](int32_t i, uint32_t qi) {
     q[i] = qi;
@@ -269,8 +270,8 @@ NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool
     int32_t c = qi == q_max ? i : int32_t(V);
     argmax = c < argmax ? c : argmax;
   };
-  if (e_max >= 31) {
-    const float scale = bits_to_float((157u - e_max + 127u) << 23);
+  if (e_max >= 23) {
+    const float scale = bits_to_float((149u - e_max + 127u) << 23);
     if (logits) {
       for (int32_t i = 0; i < int32_t(V); ++i)
         accumulate(i, uint32_t(mul_rn(exp_ncx(add_rn(bits_to_float(load_bits(row, i)), -max_logit)), scale)));
@@ -284,9 +285,27 @@ NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool
   } else {
     for (int32_t i = 0; i < int32_t(V); ++i) accumulate(i, weight_to_fixed(load_bits(row, i) & 0x7fffffffu, max_w));
   }
+  *argmax_out = argmax;
+  return q_sum;
+}
+
+// Steps 1-3 over one row: fills q[0..V) with the fixed-point weights and
+// returns the params, or a status.
+template <typename T>
+NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool logits, uint32_t* q,
+                                    QuantParams* out) {
+  uint32_t max_w = 0;
+  float max_logit = 0.0f;
+  int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
+  if (st != kOk) return st;
+  int32_t argmax;
+  // q < 2^23, so for V <= 512 the sum fits 32 bits: the loops then run at
+  // full vector width (a 64-bit sum halves it).
+  const uint64_t q_sum = V <= 512 ? fixed_point_row<uint32_t>(row, V, logits, max_w, max_logit, q, &argmax)
+                                  : fixed_point_row<uint64_t>(row, V, logits, max_w, max_logit, q, &argmax);
   out->argmax = argmax;
   out->scale = quant_scale(q_sum, precision, V);
-  out->shift = 62 - precision;
+  out->shift = quant_shift(precision);
   return kOk;
 }
 

@@ -90,7 +90,7 @@ struct WarpQuant {
     q_sum = warp_sum64(q_sum);
     qp.argmax = warp_min(argmax);
     qp.scale = quant_scale(q_sum, precision, V);
-    qp.shift = 62 - precision;
+    qp.shift = quant_shift(precision);
     uint32_t f_sum = 0, below = 0;
     for (int64_t i = lane; i < V; i += 32) {
       uint32_t fi = f(i);
