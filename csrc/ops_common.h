@@ -80,6 +80,22 @@ inline void check_nbits_range(const at::Tensor& data, const at::Tensor& nbits) {
   }
 }
 
+// dist [B, V] and symbols [B] of a step op; returns V and sets B.
+inline int64_t check_step_args(const at::Tensor& dist, const at::Tensor& symbols, int64_t& B) {
+  int64_t V = check_dist(dist, 2, "[B, V]");
+  B = dist.size(0);
+  check_index_tensor(symbols, "symbols");
+  TORCH_CHECK(symbols.dim() == 1 && symbols.size(0) == B, "symbols must have shape [B] = [", B, "], got ",
+              symbols.sizes());
+  return V;
+}
+
+// A stream encoder's output buffer: contiguous uint8 [B, capacity].
+inline void check_out_buffer(const at::Tensor& out, int64_t B) {
+  TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 2 && out.size(0) == B && out.is_contiguous(),
+              "out must be a contiguous uint8 tensor of shape [B, capacity], got ", out.sizes());
+}
+
 inline int64_t words_of(size_t bytes) { return int64_t((bytes + 7) / 8); }
 
 // Bound on a stream's code: each symbol costs at most P + 1 bits (frequency

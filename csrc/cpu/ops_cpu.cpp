@@ -176,22 +176,13 @@ S* state_ptr(const Tensor& state) {
   return reinterpret_cast<S*>(state.data_ptr<int64_t>());
 }
 
-void check_step(const Tensor& dist, const Tensor& symbols, int64_t& B, int64_t& V) {
-  V = check_dist(dist, 2, "[B, V]");
-  B = dist.size(0);
-  check_index_tensor(symbols, "symbols");
-  TORCH_CHECK(symbols.dim() == 1 && symbols.size(0) == B, "symbols must have shape [B] = [", B, "], got ",
-              symbols.sizes());
-}
-
 Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, const Tensor& symbols_in,
                               int64_t precision, bool logits) {
-  int64_t B, V;
-  check_step(dist, symbols_in, B, V);
+  int64_t B;
+  int64_t V = check_step_args(dist, symbols_in, B);
   check_precision(precision, V);
   check_state(state, B, words_of(sizeof(StreamEncoder)), "stream encoder");
-  TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 2 && out.size(0) == B && out.is_contiguous(),
-              "out must be a contiguous uint8 tensor of shape [B, capacity], got ", out.sizes());
+  check_out_buffer(out, B);
   Tensor symbols = symbols_in.contiguous();
   Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
   const int64_t cap = out.size(1), sb = dist.stride(0);
@@ -220,8 +211,7 @@ Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, co
 Tensor stream_encode_finish_cpu(Tensor& state, Tensor& out) {
   int64_t B = out.size(0);
   check_state(state, B, words_of(sizeof(StreamEncoder)), "stream encoder");
-  TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 2 && out.is_contiguous(),
-              "out must be a contiguous uint8 tensor of shape [B, capacity], got ", out.sizes());
+  check_out_buffer(out, B);
   Tensor nbits = at::empty({B}, state.options());
   const int64_t cap = out.size(1);
   for (int64_t b = 0; b < B; ++b) {
@@ -277,8 +267,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
                                                                           int64_t precision, bool logits,
                                                                           int64_t budget_bits,
                                                                           int64_t max_symbols) {
-  int64_t B, V;
-  check_step(dist, symbols_in, B, V);
+  int64_t B;
+  int64_t V = check_step_args(dist, symbols_in, B);
   check_precision(precision, V);
   check_budget(budget_bits, precision);
   TORCH_CHECK(max_symbols >= 1 && max_symbols <= INT32_MAX, "max_symbols must be in [1, 2^31), got ", max_symbols);

@@ -105,26 +105,23 @@ std::tuple<Tensor, Tensor> decode_cuda(const Tensor& dist, const Tensor& data_in
   return {symbols, status};
 }
 
-void check_step(const Tensor& dist, const Tensor& symbols, int64_t& B, int64_t& V) {
-  V = check_dist(dist, 2, "[B, V]");
-  B = dist.size(0);
+// The shared step checks plus the device ones.
+int64_t check_step(const Tensor& dist, const Tensor& symbols, int64_t& B) {
+  int64_t V = check_step_args(dist, symbols, B);
   check_cuda(dist, "dist");
-  check_index_tensor(symbols, "symbols");
-  TORCH_CHECK(symbols.dim() == 1 && symbols.size(0) == B, "symbols must have shape [B] = [", B, "], got ",
-              symbols.sizes());
   check_same_device(dist, symbols, "dist", "symbols");
+  return V;
 }
 
 Tensor stream_encode_step_cuda(Tensor& state, Tensor& out, const Tensor& dist, const Tensor& symbols_in,
                                int64_t precision, bool logits) {
-  int64_t B, V;
-  check_step(dist, symbols_in, B, V);
+  int64_t B;
+  int64_t V = check_step(dist, symbols_in, B);
   check_precision(precision, V);
   check_state(state, B, words_of(sizeof(StreamEncoder)), "stream encoder");
   check_same_device(dist, state, "dist", "state");
   check_same_device(dist, out, "dist", "out");
-  TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 2 && out.size(0) == B && out.is_contiguous(),
-              "out must be a contiguous uint8 tensor of shape [B, capacity], got ", out.sizes());
+  check_out_buffer(out, B);
   c10::cuda::CUDAGuard guard(dist.device());
   Tensor symbols = symbols_in.to(at::kLong).contiguous();
   Tensor status = at::empty({B}, dist.options().dtype(at::kInt));
@@ -181,8 +178,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cuda(Tenso
                                                                            int64_t precision, bool logits,
                                                                            int64_t budget_bits,
                                                                            int64_t max_symbols) {
-  int64_t B, V;
-  check_step(dist, symbols_in, B, V);
+  int64_t B;
+  int64_t V = check_step(dist, symbols_in, B);
   check_precision(precision, V);
   check_budget(budget_bits, precision);
   TORCH_CHECK(max_symbols >= 1 && max_symbols <= INT32_MAX, "max_symbols must be in [1, 2^31), got ", max_symbols);
