@@ -44,7 +44,7 @@ from .corpus import corpus_hash, default_corpus, read_documents, split_of
 from .dataset import TokenDataset, open_dataset, write_dataset
 from .m1 import M1, load_m1
 from .m2 import PRESETS, preset
-from .methods import (DecodeError, Encoded, Method, bytes_to_tokens, method_from_name, method_from_spec,
+from .methods import (METHOD_NAMES, DecodeError, Encoded, Method, bytes_to_tokens, method_from_name, method_from_spec,
                       tokens_to_bytes)
 from .train_m2 import train_m2
 
@@ -103,6 +103,8 @@ def parse_method(text: str) -> MethodRequest:
     if not m:
         raise ValueError(f"method {text!r}: expected NAME or NAME[key=value,...], e.g. equal_info_ac[b=16,v=256]")
     kind, inner = m.group(1), m.group(2)
+    if kind not in METHOD_NAMES:
+        raise ValueError(f"method {text!r}: unknown name {kind!r}; choose from {', '.join(METHOD_NAMES)}")
     params: dict[str, int] = {}
     for item in (inner or "").split(","):
         if not item.strip():

@@ -96,8 +96,9 @@ def format_sample(i: int, sample: dict, as_repr: bool = False) -> str:
     def show(b: bytes) -> str:
         return repr(b) if as_repr else b.decode("utf-8", errors="replace")
     n_prompt, n_all = len(sample["prompt_tokens"]), len(sample["tokens"])
+    prompt = show(sample["prompt_text"]) if as_repr else repr(show(sample["prompt_text"]))
     return (f"--- sample {i}: {n_prompt} prompt + {n_all - n_prompt} generated tokens -> "
-            f"{len(sample['text'])} bytes (prompt {show(sample['prompt_text'])!r})\n{show(sample['text'])}")
+            f"{len(sample['text'])} bytes (prompt {prompt})\n{show(sample['text'])}")
 
 
 # ------------------------------------------------------------------------- CLI
