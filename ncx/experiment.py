@@ -221,10 +221,45 @@ class _Prepared:
     info: dict = field(default_factory=dict)
 
 
+def _check_heldout(method: Method, heldout_ds: TokenDataset, heldout_docs: Sequence[bytes]) -> str | None:
+    """Decode the held-out dataset as stored; None when it gives back exactly the documents,
+    else what is wrong."""
+    try:
+        decoded = method.decode_batch(encoded_from_dataset(heldout_ds))
+    except DecodeError as e:
+        return str(e)
+    bad = [i for i, (a, b) in enumerate(zip(decoded, heldout_docs)) if a != b]
+    bad += list(range(len(decoded), len(heldout_docs)))
+    return f"{len(bad)} of {len(heldout_docs)} documents differ (first: {bad[0]})" if bad else None
+
+
+def _reusable(found: dict, heldout_docs, m1_coder, log) -> tuple[Method, str | None, float] | None:
+    """The method of matching datasets found on disk, their held-out check and its seconds, if
+    the files are intact and the held-out data decodes with this ncx; else None (recompress)."""
+    if not all(found.values()):
+        return None
+    method = method_from_spec(found["train"].method, m1_coder)
+    try:
+        for ds in found.values():
+            ds.verify()
+    except (ValueError, FileNotFoundError) as e:
+        log(f"[compress] {method.name}: stored dataset is damaged ({e}): compressing again")
+        return None
+    t0 = time.perf_counter()
+    problem = _check_heldout(method, found["heldout"], heldout_docs)
+    if problem is not None:
+        # Made by another version of the coder or of M1's coding path: not this method's tokens.
+        log(f"[compress] {method.name}: stored dataset does not decode with this ncx ({problem}): "
+            f"compressing again")
+        return None
+    return method, problem, time.perf_counter() - t0
+
+
 def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_flops: float, data_dir: Path,
                     shared: dict, log) -> _Prepared:
-    """Compress both splits with one method (or reuse matching datasets) and check that the
-    stored held-out dataset decodes back to the documents exactly."""
+    """Compress both splits with one method (or reuse matching, intact datasets that decode
+    with this ncx) and check that the stored held-out dataset decodes back to the documents
+    exactly."""
     uses_m1 = req.kind in _M1_KINDS
     m1_hash = m1_coder.weights_hash if uses_m1 and m1_coder is not None else None
     flops = m1_flops if uses_m1 else 0.0
@@ -234,8 +269,8 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
     found = {split: _matching_dataset(dirs[split], keys[split]) for split in keys}
     info: dict = {"method_request": req.label}
 
-    if all(found.values()):
-        method = method_from_spec(found["train"].method, m1_coder)
+    if reuse := _reusable(found, heldout_docs, m1_coder, log):
+        method, problem, check_seconds = reuse
         train_ds, heldout_ds, fresh = found["train"], found["heldout"], False
         log(f"[compress] {method.name}: reusing {dirs['train'].parent}")
         info["reused"] = True
@@ -266,21 +301,16 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
                                   flops)
         fresh = True
         n_bytes = train_ds.total_bytes + heldout_ds.total_bytes
+        n_tokens = train_ds.total_tokens + heldout_ds.total_tokens
         info.update(reused=False, compress_seconds=seconds, compress_kb_per_s=n_bytes / max(seconds, 1e-9) / 1e3)
-        log(f"[compress] {method.name}: {n_bytes:,} bytes -> {train_ds.total_tokens + heldout_ds.total_tokens:,} "
-            f"tokens ({n_bytes / max(train_ds.total_tokens + heldout_ds.total_tokens, 1):.3f} bytes/token) "
-            f"{how} in {seconds:.1f} s ({info['compress_kb_per_s']:.1f} KB/s)")
+        log(f"[compress] {method.name}: {n_bytes:,} bytes -> {n_tokens:,} tokens "
+            f"({n_bytes / max(n_tokens, 1):.3f} bytes/token) {how} in {seconds:.1f} s "
+            f"({info['compress_kb_per_s']:.1f} KB/s)")
+        # The held-out check decodes what is on disk, so it covers the dataset files too.
+        t0 = time.perf_counter()
+        problem = _check_heldout(method, heldout_ds, heldout_docs)
+        check_seconds = time.perf_counter() - t0
 
-    # The held-out check decodes what is on disk, so it covers the dataset files too.
-    t0 = time.perf_counter()
-    try:
-        decoded = method.decode_batch(encoded_from_dataset(heldout_ds))
-        bad = [i for i, (a, b) in enumerate(zip(decoded, heldout_docs)) if a != b]
-        bad += list(range(len(decoded), len(heldout_docs)))
-        problem = f"{len(bad)} of {len(heldout_docs)} documents differ (first: {bad[0]})" if bad else None
-    except DecodeError as e:
-        problem = str(e)
-    seconds = time.perf_counter() - t0
     info.update(
         name=method.name, vocab_size=method.vocab_size, spec_kind=method.spec()["kind"],
         m1_hash=method.m1_hash, m1_flops_per_byte=flops,
@@ -289,12 +319,12 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
         heldout_documents=len(heldout_ds), bytes_per_token=heldout_ds.bytes_per_token,
         uniform_bits_per_byte=metrics.uniform_bits_per_byte(method.vocab_size, heldout_ds.bytes_per_token),
         exceptions=int(train_ds.manifest["counts"]["exceptions"] + heldout_ds.manifest["counts"]["exceptions"]),
-        decode_ok=problem is None, decode_problem=problem, decode_seconds=seconds,
-        decode_kb_per_s=heldout_ds.total_bytes / max(seconds, 1e-9) / 1e3,
+        decode_ok=problem is None, decode_problem=problem, decode_seconds=check_seconds,
+        decode_kb_per_s=heldout_ds.total_bytes / max(check_seconds, 1e-9) / 1e3,
         train_dir=str(train_ds.path), heldout_dir=str(heldout_ds.path))
     status = "ok" if problem is None else f"FAILED: {problem}"
     log(f"[decode] {method.name}: held-out {len(heldout_docs)} documents, {heldout_ds.total_bytes:,} bytes "
-        f"decode {status} ({seconds:.1f} s)")
+        f"decode {status} ({check_seconds:.1f} s)")
     return _Prepared(req, method, train_ds, heldout_ds, fresh, info)
 
 
@@ -304,8 +334,8 @@ def _train_one(prep: _Prepared, size: str, run_dir: Path, steps: int, hparams: d
     """Train (or resume, or reuse) one M2 run; its summary."""
     key = {"train": prep.train.manifest["extra"][DATASET_KEY], "size": size, "steps": steps, **hparams}
     key_path = run_dir / RUN_KEY_FILE
-    same = key_path.exists() and json.loads(key_path.read_text()) == key
-    if run_dir.exists() and (prep.fresh or not same):
+    same = not prep.fresh and key_path.exists() and json.loads(key_path.read_text()) == key
+    if run_dir.exists() and not same:
         shutil.rmtree(run_dir)  # made from other data or settings: start over
     run_dir.mkdir(parents=True, exist_ok=True)
     key_path.write_text(json.dumps(key, indent=2) + "\n")

@@ -14,7 +14,7 @@ from ncx.dataset import open_dataset
 from ncx.experiment import (MethodRequest, chunk_documents, encoded_from_dataset, parse_method, parse_methods,
                             run_experiment)
 from ncx.m1 import M1, preset as m1_preset, save_m1
-from ncx.methods import EqualInfoACMethod, StaticACMethod
+from ncx.methods import EqualInfoACMethod, GZipMethod, StaticACMethod
 
 SMALL_M2 = dict(batch_size=2, seq_len=32, warmup=1, log=None)
 
@@ -129,21 +129,36 @@ def test_bits_per_byte_follow_the_metrics(cheap_run, docs):
         assert 5.0 < per_token < 9.0
 
 
-def test_rerun_reuses_datasets_and_runs_and_checks_stored_data(cheap_run, docs, tmp_path):
+def test_rerun_reuses_datasets_and_runs(cheap_run, docs):
     out, first = cheap_run
     logs = []
     again = run_experiment(["bytes", "gzip[v=256]"], ["nano"], *docs, None, out, 3, **{**SMALL_M2, "log": logs.append})
     assert any("Bytes: reusing" in m for m in logs) and any("(resuming)" in m for m in logs)
     assert [r["bits_per_byte"] for r in again["runs"]] == [r["bits_per_byte"] for r in first["runs"]]
-    # The held-out check decodes what is stored: a corrupted token is reported, not hidden.
-    ds = open_dataset(out / "data" / "bytes" / "heldout")
+    assert again["all_decoded"] and [m["reused"] for m in again["methods"]] == [True, True]
+
+
+def test_damaged_or_stale_datasets_are_compressed_again(tmp_path, docs, monkeypatch):
+    """A stored dataset is reused only when its files are intact and its held-out part decodes
+    with this ncx; otherwise it is compressed again (and its M2 run starts over)."""
+    logs = []
+    run_experiment(["gzip[v=256]"], ["nano"], *docs, None, tmp_path, 2, **{**SMALL_M2, "log": logs.append})
+    ds = open_dataset(tmp_path / "data" / "gzip-v256" / "heldout")
     path = ds.path / ds.shards[0].files["tokens"]
     data = bytearray(path.read_bytes())
     data[3] ^= 0x20
     path.write_bytes(bytes(data))
-    broken = run_experiment(["bytes"], ["nano"], *docs, None, out, 3, **SMALL_M2)
-    assert not broken["all_decoded"] and "CRC-32" in broken["methods"][0]["decode_problem"]
-    assert "FAILED" in (out / "results.md").read_text()
+    results = run_experiment(["gzip[v=256]"], ["nano"], *docs, None, tmp_path, 2, **{**SMALL_M2, "log": logs.append})
+    assert any("stored dataset is damaged" in m for m in logs)
+    assert results["all_decoded"] and not results["methods"][0]["reused"]
+    assert not any("(resuming)" in m for m in logs)
+    # Intact files that another coder made (simulated: this decoder disagrees) are redone too.
+    monkeypatch.setattr(GZipMethod, "_decode_docs", lambda self, encoded, lenient: [b"?"] * len(encoded))
+    results = run_experiment(["gzip[v=256]"], ["nano"], *docs, None, tmp_path, 2, **{**SMALL_M2, "log": logs.append})
+    assert any("does not decode with this ncx" in m for m in logs)
+    # ... and a fresh dataset that does not decode is reported, in the results and the table.
+    assert not results["all_decoded"] and "CRC-32" in results["methods"][0]["decode_problem"]
+    assert "FAILED" in (tmp_path / "results.md").read_text()
 
 
 def test_m1_methods_and_65k_tokens_from_the_256_bit_streams(tmp_path, docs, tiny_m1):
