@@ -68,7 +68,11 @@ here = os.path.dirname(os.path.abspath(__file__))
 sources = ["csrc/ncx.cpp", "csrc/cpu/ops_cpu.cpp"]
 # -ffp-contract=off: the quantizer's float steps must round exactly as written
 # (no fused multiply-add), so CPU and GPU produce the same integers.
-cxx_flags = ["-O3", "-ffp-contract=off", "-fno-fast-math"]
+# -fopenmp: at::parallel_for is a header template that, with torch's OpenMP
+# backend, parallelizes through an inline `#pragma omp parallel`; without the
+# flag the loops over streams silently run on one thread.
+cxx_flags = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp"]
+link_flags = ["-fopenmp"]
 if os.environ.get("NCX_NATIVE", "1") == "1":
     cxx_flags.append("-march=native")
 define_macros = []
@@ -85,6 +89,7 @@ if want_cuda():
         sources,
         include_dirs=include_dirs,
         define_macros=define_macros,
+        extra_link_args=link_flags,
         extra_compile_args={
             "cxx": cxx_flags,
             # --fmad=false: same reason as -ffp-contract=off above.
@@ -93,7 +98,8 @@ if want_cuda():
     )
 else:
     ext = CppExtension(
-        "ncx._C", sources, include_dirs=include_dirs, define_macros=define_macros, extra_compile_args=cxx_flags
+        "ncx._C", sources, include_dirs=include_dirs, define_macros=define_macros, extra_compile_args=cxx_flags,
+        extra_link_args=link_flags,
     )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

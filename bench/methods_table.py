@@ -73,21 +73,62 @@ def bytes_per_token(method, docs) -> tuple[float, list]:
     return sum(map(len, docs)) / sum(len(e.tokens) for e in enc), enc
 
 
+class CoderClock:
+    """Times every call into the native coder objects (ncx.coder), so the
+    coder's share is measured apart from M1's and from the Python driver's."""
+
+    METHODS = [("StreamEncoder", "step"), ("StreamEncoder", "finish"), ("StreamDecoder", "step"),
+               ("WindowEncoder", "step"), ("WindowEncoder", "finish"), ("WindowDecoder", "step"),
+               ("WindowDecoder", "start")]
+
+    def __init__(self):
+        from ncx import coder as coder_module
+
+        self.seconds = 0.0
+        self.saved = []
+        for cls_name, name in self.METHODS:
+            cls = getattr(coder_module, cls_name)
+            original = getattr(cls, name)
+            self.saved.append((cls, name, original))
+            setattr(cls, name, self._timed(original))
+
+    def _timed(self, fn):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.seconds += time.perf_counter() - t
+        return wrapper
+
+    def close(self):
+        for cls, name, original in self.saved:
+            setattr(cls, name, original)
+
+
 def throughput(method_factory, coder, docs) -> dict:
-    """Encode + decode MB/s of text and M1's share of each."""
+    """Encode + decode MB/s of text, and the shares of M1, of the native coder
+    and of the Python driver (the rest) in each."""
     timed = TimedModel(coder)
     method = method_factory(timed)
     n = sum(map(len, docs))
-    t = time.perf_counter()
-    enc = method.encode_batch(docs)
-    t_enc, m_enc = time.perf_counter() - t, timed.seconds
-    timed.seconds = 0.0
-    t = time.perf_counter()
-    assert method.decode_batch(enc) == docs
-    t_dec, m_dec = time.perf_counter() - t, timed.seconds
-    return {"bytes": n, "encode_MBps": n / t_enc / 1e6, "decode_MBps": n / t_dec / 1e6,
-            "encode_m1_share": m_enc / t_enc, "decode_m1_share": m_dec / t_dec,
-            "encode_s": t_enc, "decode_s": t_dec}
+    out = {"bytes": n}
+    clock = CoderClock()
+    try:
+        for phase in ("encode", "decode"):
+            timed.seconds, clock.seconds = 0.0, 0.0
+            t = time.perf_counter()
+            if phase == "encode":
+                enc = method.encode_batch(docs)
+            else:
+                assert method.decode_batch(enc) == docs
+            wall = time.perf_counter() - t
+            out.update({f"{phase}_MBps": n / wall / 1e6, f"{phase}_s": wall,
+                        f"{phase}_m1_share": timed.seconds / wall, f"{phase}_coder_share": clock.seconds / wall,
+                        f"{phase}_driver_share": 1 - (timed.seconds + clock.seconds) / wall})
+    finally:
+        clock.close()
+    return out
 
 
 def main(argv=None) -> int:
@@ -100,6 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--throughput-bytes", type=int, default=65536)
     ap.add_argument("--throughput-piece-bytes", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only-throughput", action="store_true", help="skip the bytes-per-token table")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -112,6 +154,16 @@ def main(argv=None) -> int:
            "torch": torch.__version__, "heldout_bytes": len(text), "heldout_docs": len(heldout),
            "m1": {"path": args.m1, "hash": info["weights_hash"], "config": str(info["config"]),
                   "summary": info["summary"]}}
+    if not args.only_throughput:
+        table(args, out, train, heldout, text, model, coder)
+    out["throughput"] = measure_throughput(args, heldout, info, coder)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1, default=str)
+    return 0
+
+
+def table(args, out, train, heldout, text, model, coder) -> None:
     out["whole_file_bits_per_byte"] = whole_file_bits_per_byte(text)
     print("whole file:", {k: round(v, 3) for k, v in out["whole_file_bits_per_byte"].items() if v})
 
@@ -191,35 +243,37 @@ def main(argv=None) -> int:
     out["bytes_per_token"] = rows
     out["equal_info_vs_greedy"] = greedy
 
-    # Throughput with this M1 and with a tiny one (untrained: speed does not depend on training).
-    tdocs = pieces(heldout, args.throughput_piece_bytes)
-    tdocs_cut, total = [], 0
-    for d in tdocs:
-        if total >= args.throughput_bytes:
-            break
-        tdocs_cut.append(d)
-        total += len(d)
-    tiny = m1.M1(m1.preset("tiny")).coder()
-    out["throughput"] = {}
-    for m1_name, c in (("trained " + str(info["config"].n_layer) + "x" + str(info["config"].n_embd), coder),
-                       ("tiny", tiny)):
-        for label, factory in (("AC", lambda tm: methods.ACMethod(tm, batch=256)),
-                               ("EqualInfoAC b=16", lambda tm: methods.EqualInfoACMethod(tm, b=16, batch=256))):
-            r = throughput(factory, c, tdocs_cut)
-            out["throughput"][f"{label} / {m1_name}"] = r
-            print(f"{label:18s} {m1_name:12s} encode {r['encode_MBps'] * 1e3:8.2f} kB/s "
-                  f"(M1 {100 * r['encode_m1_share']:.1f}%)  decode {r['decode_MBps'] * 1e3:8.2f} kB/s "
-                  f"(M1 {100 * r['decode_m1_share']:.1f}%)", flush=True)
-
     print("\n| method | v=256 | paper v=256 | v=65k | paper v=65k |\n|---|---:|---:|---:|---:|")
     for label, vals in rows.items():
         p = PAPER.get(label, (None, None))
         f = lambda x: f"{x:.2f}" if x else "-"
         print(f"| {label} | {f(vals.get(256))} | {f(p[0])} | {f(vals.get(65536))} | {f(p[1])} |")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1, default=str)
-    return 0
+
+
+def measure_throughput(args, heldout, info, coder) -> dict:
+    """Coding throughput with the given (trained) M1, the paper's M1 and a tiny
+    one (speed does not depend on the weights, so those two are untrained)."""
+    tdocs = pieces(heldout, args.throughput_piece_bytes)
+    results = {}
+    models = [(f"trained {info['config'].n_layer}x{info['config'].n_embd}", coder, args.throughput_bytes),
+              ("paper 3x256", m1.M1(m1.preset("paper")).coder(), args.throughput_bytes // 2),
+              ("tiny 2x32", m1.M1(m1.preset("tiny")).coder(), args.throughput_bytes)]
+    for m1_name, c, budget in models:
+        cut, total = [], 0
+        for d in tdocs:
+            if total >= budget:
+                break
+            cut.append(d)
+            total += len(d)
+        for label, factory in (("AC", lambda tm: methods.ACMethod(tm, batch=256)),
+                               ("EqualInfoAC b=16", lambda tm: methods.EqualInfoACMethod(tm, b=16, batch=256))):
+            r = throughput(factory, c, cut)
+            results[f"{label} / {m1_name}"] = r
+            print(f"{label:17s} {m1_name:12s} " + "  ".join(
+                f"{ph} {r[ph + '_MBps'] * 1e3:7.2f} kB/s (M1 {100 * r[ph + '_m1_share']:.1f}%, coder "
+                f"{100 * r[ph + '_coder_share']:.1f}%, driver {100 * r[ph + '_driver_share']:.1f}%)"
+                for ph in ("encode", "decode")), flush=True)
+    return results
 
 
 if __name__ == "__main__":

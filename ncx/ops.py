@@ -49,6 +49,8 @@ MAX_ALPHABET = 65536
 
 def check_status(status: torch.Tensor, what: str = "row") -> None:
     """Raise ValueError for the first non-zero status code (one sync)."""
+    if not bool(status.any()):  # the common case, without nonzero's allocation
+        return
     bad = torch.nonzero(status.reshape(-1))
     if bad.numel():
         i = int(bad[0, 0])
