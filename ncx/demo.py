@@ -11,7 +11,7 @@
 Everything goes under --out (default runs/demo): m1.safetensors, data/, m2/, results.md,
 results.json, results.png, samples.txt. A second run reuses the M1, datasets and M2 runs it
 finds there when they were made with the same settings. --quick is a smoke version of every
-step (tiny M1, tiny data, a few M2 steps) that finishes in a minute or two.
+step (tiny M1, tiny data, a few M2 steps) that finishes in well under a minute.
 
 The full demo is sized to finish within 15 minutes on a 2-core machine. The M2 over
 EqualInfoAC[b=16, v=65k] is not trained by default: on a CPU its 65,536-way output layer costs
@@ -182,7 +182,7 @@ def run_demo(out: str | Path, settings: DemoSettings = FULL, seed: int = 0, m2_6
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where everything goes (default runs/demo, or runs/demo-quick with --quick)")
-    parser.add_argument("--quick", action="store_true", help="a smoke version of every step (a minute or two)")
+    parser.add_argument("--quick", action="store_true", help="a smoke version of every step (well under a minute)")
     parser.add_argument("--m2-steps", type=int, default=None, help="M2 steps per method (default 300; quick 8)")
     parser.add_argument("--m2-65k", action="store_true",
                         help="also train M2 over EqualInfoAC[b=16, v=65k] (slow on a CPU)")
