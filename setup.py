@@ -54,13 +54,15 @@ def extra_cuda_includes():
     out = []
     if cuda_home and os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
         return out
-    site = sysconfig.get_paths()["purelib"]
-    for inc in sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include"))) + sorted(
-        glob.glob(os.path.join(site, "nvidia", "*", "include"))
-    ):
-        if os.path.exists(os.path.join(inc, "cusparse.h")):
-            out.append(inc)
-            break
+    # The site-packages holding torch first (a venv with system site-packages
+    # has its own purelib, without the wheels), then every path entry.
+    sites = [os.path.dirname(os.path.dirname(torch.__file__)), sysconfig.get_paths()["purelib"], *sys.path]
+    for site in dict.fromkeys(p for p in sites if p and os.path.isdir(p)):
+        for inc in sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include"))) + sorted(
+            glob.glob(os.path.join(site, "nvidia", "*", "include"))
+        ):
+            if os.path.exists(os.path.join(inc, "cusparse.h")):
+                return [inc]
     return out
 
 

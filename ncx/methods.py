@@ -49,6 +49,9 @@ __all__ = [
     "method_from_name",
     "method_from_spec",
     "METHOD_NAMES",
+    "DecodeError",
+    "bytes_to_tokens",
+    "tokens_to_bytes",
 ]
 
 
@@ -247,12 +250,16 @@ class SentencePieceMethod(Method):
         if not lines:
             raise ValueError("SentencePiece needs non-empty training text")
         buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(
+        try:
+            spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=buf, model_type="unigram", vocab_size=vocab_size,
             byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
             remove_extra_whitespaces=False, split_by_whitespace=True, max_sentence_length=1 << 16,
             character_coverage=0.9995, hard_vocab_limit=False, num_threads=2,
             unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2, train_extremely_large_corpus=False)
+        except RuntimeError as e:
+            # e.g. a vocabulary smaller than 256 byte pieces + the characters present.
+            raise ValueError(f"SentencePiece could not train a vocabulary of {vocab_size} on this text: {e}") from None
         return cls(buf.getvalue(), vocab_size)
 
     @property
@@ -408,6 +415,9 @@ class StaticACMethod(Method):
         for lo in range(0, len(encoded), self.batch):
             part = encoded[lo:lo + self.batch]
             blobs = [tokens_to_bytes(e.tokens, self.vocab_size) for e in part]
+            if lenient and not any(blobs):
+                out += [b""] * len(part)  # no tokens, no text
+                continue
             if lenient:
                 lengths = [8 * len(b) * per_bit + 1 for b in blobs]
             else:
@@ -420,6 +430,9 @@ class StaticACMethod(Method):
             nbits = torch.tensor([8 * len(b) for b in blobs], dtype=torch.int64)
             sym = ops.decode(self._dist(len(part), T), data, nbits, torch.tensor(lengths), self.precision)
             for r, e in enumerate(part):
+                if lenient and not blobs[r]:
+                    out.append(b"")
+                    continue
                 row = sym[r, :lengths[r]]
                 cut = torch.nonzero(row == m1_module.EOS)
                 end = int(cut[0, 0]) if len(cut) else len(row)
@@ -437,7 +450,10 @@ def _decode_ac(encoded, model, precision, v, batch, lenient) -> list[bytes]:
         bounds = [max(1, 8 * len(s[0])) for s in streams]
         out = decode_streams(streams, model, precision, eos=None, lengths=bounds, batch=batch)
         result = []
-        for sym in out:
+        for (data, _), sym in zip(streams, out):
+            if not len(data):
+                result.append(b"")  # no tokens, no text
+                continue
             cut = torch.nonzero(sym == m1_module.EOS)
             result.append(_symbols_to_bytes(sym[: int(cut[0, 0])] if len(cut) else sym))
         return result
@@ -465,7 +481,7 @@ class ACMethod(_M1Method):
     """Plain arithmetic coding with M1 over each whole document (M1's context
     restarts every context-length bytes inside the stream)."""
 
-    def __init__(self, m1_coder, v: int = 256, precision: int = 20, batch: int = 64):
+    def __init__(self, m1_coder, v: int = 256, precision: int = 20, batch: int = 256):
         _check_v(v)
         super().__init__(m1_coder, precision, batch)
         self.vocab_size = v

@@ -79,14 +79,7 @@ def test_random_token_sequences_always_decode(name, methods, docs):
     assert [method.decode_tokens([s])[0] for s in seqs[:6]] == out[:6]
 
 
-# The stream decoders (StaticAC, AC) reject a code of 64 one bits as corrupt, even when
-# lenient: known bug in methods.py, reported; these marks go when it is fixed.
-ALL_ONES_BUG = pytest.mark.xfail(strict=True, raises=ValueError,
-                                 reason="StaticAC/AC decode_tokens raise 'corrupt' on >= 8 bytes of 0xFF")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=ALL_ONES_BUG) if n.startswith(("AC", "StaticAC")) else n
-                                  for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_a_code_of_all_ones_decodes(name, methods):
     """Tokens whose bits are all ones (the top of every interval), long enough to fill the
     coder's whole code register, with and without more tokens after them."""

@@ -149,6 +149,10 @@ NCX_HD void stream_decoder_init(StreamDecoder* d, const uint8_t* in, int64_t nby
   for (int i = 0; i < 8; ++i) d->code = (d->code << 8) | read_byte(in, nbytes, i);
   d->range = kRangeFull;
   d->pos = 8;
+  // No encoder writes a value at or above the initial interval's top (that
+  // takes 64 one-bits); clamping keeps arbitrary bytes decodable (to garbage,
+  // which the callers' checksums catch) instead of failing.
+  if (d->code >= d->range) d->code = d->range - 1;
 }
 
 // The target cumulative frequency of the next symbol.
