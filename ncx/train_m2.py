@@ -524,6 +524,11 @@ def run(args: argparse.Namespace) -> int:
         if _dist_info()[0] == 0:
             brief = {k: v for k, v in summary.items() if k not in ("history", "config", "method")}
             print(json.dumps(brief, indent=2))
+        if distributed:
+            # Every rank done before any tears the group down: a rank that leaves while another
+            # still has gloo traffic in flight can abort ("terminate called without an active
+            # exception"), seen once in CI.
+            dist.barrier()
     finally:
         if distributed:
             dist.destroy_process_group()
