@@ -142,6 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--throughput-piece-bytes", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only-throughput", action="store_true", help="skip the bytes-per-token table")
+    ap.add_argument("--throughput-models", default="trained,paper,tiny",
+                    help="which M1s to time (comma-separated: trained, paper, tiny)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -255,10 +257,15 @@ def measure_throughput(args, heldout, info, coder) -> dict:
     one (speed does not depend on the weights, so those two are untrained)."""
     tdocs = pieces(heldout, args.throughput_piece_bytes)
     results = {}
-    models = [(f"trained {info['config'].n_layer}x{info['config'].n_embd}", coder, args.throughput_bytes),
-              ("paper 3x256", m1.M1(m1.preset("paper")).coder(), args.throughput_bytes // 2),
-              ("tiny 2x32", m1.M1(m1.preset("tiny")).coder(), args.throughput_bytes)]
-    for m1_name, c, budget in models:
+    wanted = set(args.throughput_models.split(","))
+    models = [("trained", f"trained {info['config'].n_layer}x{info['config'].n_embd}", lambda: coder,
+               args.throughput_bytes),
+              ("paper", "paper 3x256", lambda: m1.M1(m1.preset("paper")).coder(), args.throughput_bytes // 2),
+              ("tiny", "tiny 2x32", lambda: m1.M1(m1.preset("tiny")).coder(), args.throughput_bytes)]
+    for key, m1_name, make, budget in models:
+        if key not in wanted:
+            continue
+        c = make()
         cut, total = [], 0
         for d in tdocs:
             if total >= budget:
