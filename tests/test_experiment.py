@@ -19,13 +19,6 @@ from ncx.methods import EqualInfoACMethod, GZipMethod, StaticACMethod
 SMALL_M2 = dict(batch_size=2, seq_len=32, warmup=1, log=None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def text_docs(rng, n, words=(b"the ", b"cat ", b"sat ", b"on ", b"a ", b"mat", b".\n", b"\xc3\xa9t\xc3\xa9 ")):
     return [b"".join(words[i] for i in rng.integers(0, len(words), size=int(rng.integers(3, 40))))

@@ -16,13 +16,6 @@ from ncx.methods import (ACMethod, BytesMethod, EqualInfoACMethod, GZipMethod, S
 from ncx.dataset import open_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def corpus(rng, n):
     words = [b"the ", b"cat ", b"sat ", b"on ", b"a ", b"mat", b".\n", b"\xc3\xa9t\xc3\xa9 ", b"Zebra, ", b"42 "]

@@ -5,15 +5,6 @@ import torch
 from ncx.m2 import M2, PRESETS, M2Config, preset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run far faster without
-    OpenMP threads spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(**kw) -> M2Config:
     return M2Config(**{"vocab_size": 50, "n_layer": 2, "n_head": 2, "n_embd": 32, "mlp": 64,

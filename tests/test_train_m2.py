@@ -34,15 +34,6 @@ def bytes_dataset(path, docs, shard_tokens, **kw):
                          shard_tokens=shard_tokens, **kw)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spin against other
-    processes and a tiny model's step can take 50x longer with two threads than with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
