@@ -44,6 +44,19 @@ TORCH_LIBRARY(ncx, m) {
   m.def(
       "window_decode_step(Tensor(a!) state, Tensor dist, int precision, bool logits, "
       "int budget_bits, int eos) -> (Tensor, Tensor, Tensor)");
+
+  // Integer M1 (csrc/core/int_m1.h): int32 activations in Q16 throughout.
+  // x [N, K] times int8 weight [D, K] with per-channel multiplier/shift -> [N, D].
+  m.def("int_linear(Tensor x, Tensor weight, Tensor multiplier, Tensor shift) -> Tensor");
+  // RMS norm of rows x [N, C] with gain [C] (Q16).
+  m.def("int_rms_norm(Tensor x, Tensor gain) -> Tensor");
+  // RoPE of x [N, H, head_dim] at positions [N] with cos/sin tables [context, head_dim/2] (Q30).
+  m.def("int_rope(Tensor x, Tensor cos, Tensor sin, Tensor positions) -> Tensor");
+  // Causal attention of queries q [N, H, head_dim], row n attending keys 0..positions[n]
+  // of stream streams[n] in the caches [S, H, L, head_dim].
+  m.def("int_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor streams, Tensor positions) -> Tensor");
+  // Logits [N, V] (Q16) -> coder weights [N, V]: exp(l - max) in Q22, the largest exactly 2^22.
+  m.def("int_coder_weights(Tensor logits) -> Tensor");
 }
 
 // Importing ncx._C registers the ops; the module itself only tells Python the

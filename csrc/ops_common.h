@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "core/coder.h"
+#include "core/int_m1.h"
 
 namespace ncx {
 
@@ -102,6 +103,95 @@ inline int64_t words_of(size_t bytes) { return int64_t((bytes + 7) / 8); }
 // >= 1 out of 2^P, plus the split's rounding), termination at most 65 bits.
 inline int64_t max_stream_bytes(int64_t T, int64_t precision) {
   return (T * (precision + 1) + 65 + 7) / 8 + 8;
+}
+
+// ---- integer M1 ops (csrc/core/int_m1.h) -----------------------------------
+inline void check_int_tensor(const at::Tensor& t, at::ScalarType dtype, int64_t dims, const char* name,
+                             const char* shape) {
+  TORCH_CHECK(t.scalar_type() == dtype && t.dim() == dims, name, " must be a ", dtype, " tensor of shape ", shape,
+              ", got ", t.scalar_type(), " ", t.sizes());
+}
+
+// x int32 [N, K], weight int8 [D, K], multiplier/shift int32 [D].
+inline void check_int_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& multiplier,
+                             const at::Tensor& shift) {
+  check_int_tensor(x, at::kInt, 2, "x", "[N, K]");
+  check_int_tensor(weight, at::kChar, 2, "weight", "[D, K]");
+  TORCH_CHECK(weight.size(1) == x.size(1), "weight must have K = ", x.size(1), " columns, got ", weight.sizes());
+  TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= intm1::kMaxFanIn, "fan-in K must be in [1, ", intm1::kMaxFanIn,
+              "], got ", x.size(1));
+  int64_t D = weight.size(0);
+  check_int_tensor(multiplier, at::kInt, 1, "multiplier", "[D]");
+  check_int_tensor(shift, at::kInt, 1, "shift", "[D]");
+  TORCH_CHECK(multiplier.size(0) == D && shift.size(0) == D, "multiplier and shift must have D = ", D,
+              " entries, got ", multiplier.size(0), " and ", shift.size(0));
+  check_same_device(x, weight, "x", "weight");
+  check_same_device(x, multiplier, "x", "multiplier");
+  check_same_device(x, shift, "x", "shift");
+}
+
+// x int32 [N, C], gain int32 [C].
+inline void check_int_rms_norm(const at::Tensor& x, const at::Tensor& gain) {
+  check_int_tensor(x, at::kInt, 2, "x", "[N, C]");
+  check_int_tensor(gain, at::kInt, 1, "gain", "[C]");
+  TORCH_CHECK(gain.size(0) == x.size(1), "gain must have C = ", x.size(1), " entries, got ", gain.size(0));
+  TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= intm1::kMaxFanIn, "C must be in [1, ", intm1::kMaxFanIn, "], got ",
+              x.size(1));
+  check_same_device(x, gain, "x", "gain");
+}
+
+// x int32 [N, H, hd], cos/sin int32 [context, hd/2], positions int64 [N].
+inline void check_int_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                           const at::Tensor& positions) {
+  check_int_tensor(x, at::kInt, 3, "x", "[N, H, head_dim]");
+  int64_t hd = x.size(2);
+  TORCH_CHECK(hd >= 2 && hd % 2 == 0 && hd <= intm1::kMaxHeadDim, "head_dim must be even and in [2, ",
+              intm1::kMaxHeadDim, "], got ", hd);
+  check_int_tensor(cos, at::kInt, 2, "cos", "[context, head_dim / 2]");
+  TORCH_CHECK(cos.sizes() == sin.sizes() && sin.scalar_type() == at::kInt && cos.size(1) == hd / 2,
+              "cos and sin must both be int32 [context, ", hd / 2, "], got ", cos.sizes(), " and ", sin.sizes());
+  check_int_tensor(positions, at::kLong, 1, "positions", "[N]");
+  TORCH_CHECK(positions.size(0) == x.size(0), "positions must have N = ", x.size(0), " entries, got ",
+              positions.size(0));
+  check_same_device(x, cos, "x", "cos");
+  check_same_device(x, sin, "x", "sin");
+  check_same_device(x, positions, "x", "positions");
+}
+
+// q int32 [N, H, hd]; caches int32 [S, H, L, hd]; streams, positions int64 [N].
+inline void check_int_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& streams, const at::Tensor& positions) {
+  check_int_tensor(q, at::kInt, 3, "q", "[N, H, head_dim]");
+  TORCH_CHECK(q.size(2) >= 1 && q.size(2) <= intm1::kMaxHeadDim, "head_dim must be in [1, ", intm1::kMaxHeadDim,
+              "], got ", q.size(2));
+  check_int_tensor(k_cache, at::kInt, 4, "k_cache", "[S, H, L, head_dim]");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes() && v_cache.scalar_type() == at::kInt,
+              "k_cache and v_cache must both be int32 of one shape, got ", k_cache.sizes(), " and ", v_cache.sizes());
+  TORCH_CHECK(k_cache.size(1) == q.size(1) && k_cache.size(3) == q.size(2), "caches must be [S, ", q.size(1),
+              ", L, ", q.size(2), "], got ", k_cache.sizes());
+  TORCH_CHECK(k_cache.size(2) <= intm1::kMaxContext, "cache length must be at most ", intm1::kMaxContext);
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "k_cache and v_cache must be contiguous");
+  check_int_tensor(streams, at::kLong, 1, "streams", "[N]");
+  check_int_tensor(positions, at::kLong, 1, "positions", "[N]");
+  TORCH_CHECK(streams.size(0) == q.size(0) && positions.size(0) == q.size(0), "streams and positions must have N = ",
+              q.size(0), " entries, got ", streams.size(0), " and ", positions.size(0));
+  for (auto* t : {&k_cache, &v_cache, &streams, &positions}) check_same_device(q, *t, "q", "every other argument");
+}
+
+// logits int32 [N, V].
+inline void check_int_logits(const at::Tensor& logits) {
+  check_int_tensor(logits, at::kInt, 2, "logits", "[N, V]");
+  TORCH_CHECK(logits.size(1) >= 1 && logits.size(1) <= kMaxAlphabet, "V must be in [1, ", kMaxAlphabet, "], got ",
+              logits.size(1));
+}
+
+// Every value of an index tensor in [0, limit) (reads the values: CPU only,
+// the CUDA kernels clamp instead of synchronizing).
+inline void check_index_range(const at::Tensor& t, int64_t limit, const char* name) {
+  if (t.numel()) {
+    auto mn = t.min().item<int64_t>(), mx = t.max().item<int64_t>();
+    TORCH_CHECK(mn >= 0 && mx < limit, name, " must lie in [0, ", limit, "), got min ", mn, " max ", mx);
+  }
 }
 
 }  // namespace ncx

@@ -42,7 +42,7 @@ import torch
 from . import metrics
 from .corpus import corpus_hash, default_corpus, read_documents, split_of
 from .dataset import TokenDataset, open_dataset, write_dataset
-from .m1 import M1, load_m1
+from .m1 import M1, load_m1_coder
 from .m2 import PRESETS, preset
 from .methods import (METHOD_NAMES, DecodeError, Encoded, Method, bytes_to_tokens, method_from_name, method_from_spec,
                       tokens_to_bytes)
@@ -415,11 +415,11 @@ def run_experiment(
 
     m1_coder, m1_flops, m1_info = None, 0.0, None
     if m1 is not None:
-        if not isinstance(m1, M1):
-            m1, _ = load_m1(str(m1))
-        m1_coder, m1_flops = m1.coder(), float(m1.config.flops_per_byte)
+        m1_coder = m1.coder() if isinstance(m1, M1) else load_m1_coder(str(m1))[0]
+        m1_config = m1_coder.config
+        m1_flops = float(m1_config.flops_per_byte)
         m1_info = {"weights_hash": m1_coder.weights_hash, "flops_per_byte": m1_flops,
-                   "non_embedding_params": m1.config.non_embedding_params}
+                   "non_embedding_params": m1_config.non_embedding_params, "arithmetic": m1_coder.arithmetic}
     elif any(r.kind in _M1_KINDS for r in requests):
         raise ValueError("methods ac and equal_info_ac code with M1: give an M1 (checkpoint)")
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .dataset import TokenDataset, open_dataset
-from .m1 import M1, load_m1
+from .m1 import M1, load_m1_coder
 from .m2 import M2
 from .methods import Method, method_from_spec
 from .train_m2 import load_model
@@ -42,9 +42,7 @@ def method_of_dataset(ds: TokenDataset | str | os.PathLike, m1: M1 | str | os.Pa
     if spec["kind"] in _M1_KINDS:
         if m1 is None:
             raise ValueError(f"{ds.path}: {spec.get('name', spec['kind'])} tokens decode with M1: pass --m1 CKPT")
-        if not isinstance(m1, M1):
-            m1, _ = load_m1(str(m1))
-        coder = m1.coder()
+        coder = m1.coder() if isinstance(m1, M1) else load_m1_coder(str(m1))[0]
     return method_from_spec(spec, coder)
 
 

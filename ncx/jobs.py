@@ -174,11 +174,11 @@ def _default_device() -> str:
 
 
 def _load_m1_coder(path: str, device: str | None):
-    """(M1Coder, M1Config) of a checkpoint."""
-    from .m1 import load_m1
+    """(coder, M1Config) of a checkpoint: an integer M1 codes with integers."""
+    from .m1 import load_m1_coder
 
-    model, info = load_m1(path, device=device or _default_device())
-    return model.coder(), info["config"]
+    coder, info = load_m1_coder(path, device=device or _default_device())
+    return coder, info["config"]
 
 
 def _method_dict(method: Method) -> dict:
@@ -391,8 +391,9 @@ def compress(
         extra = {
             "m1_flops_per_byte": m1_config.flops_per_byte if m1_config else 0,
             # M1's float coding path is bit-exact per kind of device (DESIGN.md, level 1):
-            # decompress checks it decodes on the same kind.
+            # decompress checks it decodes on the same kind. The integer path decodes anywhere.
             "m1_device_type": torch.device(codec.coder.device).type if m1_config else None,
+            "m1_arithmetic": codec.coder.arithmetic if m1_config else None,
             "windows": sum(r.windows for r in records if r),
             "exceptions": sum(r.exceptions for r in records if r),
             "shard_rule": key["shards"],
@@ -465,7 +466,7 @@ def decompress(
                          f"which does not use M1")
     coder = _load_m1_coder(m1, device)[0] if m1 else None
     coded_on = data.manifest.get("extra", {}).get("m1_device_type")
-    if coder is not None and coded_on and torch.device(coder.device).type != coded_on:
+    if coder is not None and coder.arithmetic == "float" and coded_on and torch.device(coder.device).type != coded_on:
         raise ValueError(f"{data.path} was coded with M1 on {coded_on}; M1's float coding path is bit-exact only "
                          f"on the same kind of device: decode with --device {coded_on}")
     method = method_from_spec(data.method, coder)

@@ -63,10 +63,12 @@ __all__ = [
     "PRESETS",
     "preset",
     "M1",
+    "KVCacheCoder",
     "M1Coder",
     "weights_hash",
     "save_m1",
     "load_m1",
+    "load_m1_coder",
 ]
 
 VOCAB_SIZE = 257  # 256 byte values + EOS
@@ -242,6 +244,8 @@ class M1(nn.Module):
             x = block(x, cos, sin)
         return F.linear(self.norm_f(x), self.wte.weight)  # (B, T, 257)
 
+    arithmetic = "float"
+
     @property
     def weights_hash(self) -> str:
         return weights_hash(self)
@@ -342,54 +346,31 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
     return num / _tree_sum(w, -1)[..., None]
 
 
-class M1Coder:
-    """M1's coding path: one step of many independent streams with a KV cache.
-
-    Implements the ContextModel interface of ncx.model_coding: `coder(tokens,
-    positions)` -> float32 logits (B, 257), with `vocab_size`, `bos`,
-    `logits`, `max_symbols` and `device`.
+class KVCacheCoder:
+    """What the float and the integer coding paths share: the ContextModel
+    interface of ncx.model_coding, the checks of a step's tokens and positions,
+    and the per-stream KV caches.
 
     Stream b is row b of every call. At position p a stream's context holds
     BOS at 0 and the tokens fed at positions 1..p-1 since its last reset; the
-    call stores the token's key/value at p and returns the logits of the
+    call stores the token's key/value at p and returns the distribution of the
     symbol at p + 1. Position 0 starts a fresh context (the token passed
     there is ignored: position 0 always holds BOS). A stream's position may
-    stay, go back, or advance by one; skipping ahead is an error.
-
-    The logits a stream gets are bit-identical whatever the batch size, the
-    other streams, their order and positions, and the thread count (see the
-    module docstring for why). The coder works on a snapshot of the model's
-    weights taken at construction; the cache grows with the largest batch and
-    position seen.
+    stay, go back, or advance by one; skipping ahead is an error. The cache
+    grows with the largest batch and position seen.
     """
 
     vocab_size = VOCAB_SIZE
     bos = BOS
-    logits = True
 
-    def __init__(self, model: M1):
-        self.config = config = model.config
+    def __init__(self, config: M1Config, device: torch.device, cache_dtype: torch.dtype):
+        self.config = config
         self.max_symbols = config.context - 1
-        self.weights_hash = weights_hash(model)
-        self.device = model.wte.weight.device
-        # Snapshot the weights; linear weights in fixed point.
-        def copy(p: torch.Tensor) -> torch.Tensor:
-            return p.detach().float().clone()
-
-        self.wte = copy(model.wte.weight)  # (257, C)
-        self.head = _fixed_weight(model.wte.weight)  # tied output head
-        self.norm_f = copy(model.norm_f.weight)
-        self.layers = [
-            dict(norm1=copy(b.norm1.weight), qkv=_fixed_weight(b.qkv.weight), proj=_fixed_weight(b.proj.weight),
-                 norm2=copy(b.norm2.weight), fc=_fixed_weight(b.fc.weight), fc_proj=_fixed_weight(b.fc_proj.weight))
-            for b in model.blocks
-        ]
-        cos, sin = _rope_tables(config)
-        self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
+        self.device = device
         H, hd = config.n_head, config.head_dim
-        self.k_cache = [torch.zeros(0, H, 0, hd, device=self.device) for _ in range(config.n_layer)]
-        self.v_cache = [torch.zeros(0, H, 0, hd, device=self.device) for _ in range(config.n_layer)]
-        self.filled = torch.zeros(0, dtype=torch.int64, device=self.device)  # (N,) valid cache entries per stream
+        self.k_cache = [torch.zeros(0, H, 0, hd, dtype=cache_dtype, device=device) for _ in range(config.n_layer)]
+        self.v_cache = [torch.zeros(0, H, 0, hd, dtype=cache_dtype, device=device) for _ in range(config.n_layer)]
+        self.filled = torch.zeros(0, dtype=torch.int64, device=device)  # (N,) valid cache entries per stream
 
     def _reserve(self, streams: int, length: int) -> None:
         """Grow the caches to at least `streams` rows and `length` positions
@@ -407,9 +388,10 @@ class M1Coder:
                 caches[i] = new
         self.filled = torch.cat([self.filled, self.filled.new_zeros(new_N - N)])
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens, positions: integer (B,) on the coder's device -> float32
-        logits (B, 257) of each stream's next symbol."""
+    def _begin_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Check a step's arguments, make room in the caches and record the new
+        fill levels. Returns (tokens with BOS at position 0, positions, both
+        int64 on the coder's device, and the largest position)."""
         if tokens.dim() != 1 or positions.shape != tokens.shape:
             raise ValueError(f"tokens and positions must be 1-D of the same length, got "
                              f"{tuple(tokens.shape)} and {tuple(positions.shape)}")
@@ -432,6 +414,47 @@ class M1Coder:
                              f"{int(filled[b])} positions filled")
         self._reserve(B, hi_pos + 1)
         self.filled[:B] = positions + 1
+        return checked, positions, hi_pos
+
+
+class M1Coder(KVCacheCoder):
+    """M1's float coding path: one step of many independent streams with a
+    KV cache (see KVCacheCoder), `coder(tokens, positions)` -> float32 logits
+    (B, 257).
+
+    The logits a stream gets are bit-identical whatever the batch size, the
+    other streams, their order and positions, and the thread count (see the
+    module docstring for why), on one device type: CPU and CUDA logits may
+    differ in their last bits. ncx.int_m1 gives logits that do not depend on
+    the device either. The coder works on a snapshot of the model's weights
+    taken at construction.
+    """
+
+    logits = True
+    arithmetic = "float"
+
+    def __init__(self, model: M1):
+        super().__init__(model.config, model.wte.weight.device, torch.float32)
+        self.weights_hash = weights_hash(model)
+        # Snapshot the weights; linear weights in fixed point.
+        def copy(p: torch.Tensor) -> torch.Tensor:
+            return p.detach().float().clone()
+
+        self.wte = copy(model.wte.weight)  # (257, C)
+        self.head = _fixed_weight(model.wte.weight)  # tied output head
+        self.norm_f = copy(model.norm_f.weight)
+        self.layers = [
+            dict(norm1=copy(b.norm1.weight), qkv=_fixed_weight(b.qkv.weight), proj=_fixed_weight(b.proj.weight),
+                 norm2=copy(b.norm2.weight), fc=_fixed_weight(b.fc.weight), fc_proj=_fixed_weight(b.fc_proj.weight))
+            for b in model.blocks
+        ]
+        cos, sin = _rope_tables(self.config)
+        self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens, positions: integer (B,) on the coder's device -> float32
+        logits (B, 257) of each stream's next symbol."""
+        checked, positions, hi_pos = self._begin_step(tokens, positions)
         L = min(1 << hi_pos.bit_length(), self.k_cache[0].shape[2])  # window covering every stream
         # Bound the (B, H, L, hd) attention temporaries; rows are independent, so chunking is free.
         chunk = max(1, (1 << 24) // (L * self.config.n_embd))
@@ -529,3 +552,33 @@ def load_m1(path: str, device: str | torch.device = "cpu") -> tuple[M1, dict]:
     model.to(device).eval()
     info = {"config": config, "weights_hash": digest, "summary": json.loads(metadata.get("summary") or "{}")}
     return model, info
+
+
+def checkpoint_format(path: str) -> str:
+    """The "format" recorded in a checkpoint's metadata ("ncx-m1" for a float
+    M1, "ncx-m1-int" for an integer one), read without loading the weights."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such M1 checkpoint")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format", "")
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+
+
+def load_m1_coder(path: str, device: str | torch.device = "cpu"):
+    """The coding path of an M1 checkpoint, float or integer -> (coder, info):
+    an M1Coder for a float M1 (ncx.m1), an IntM1Coder for an integer one
+    (ncx.int_m1). info as load_m1 / load_int_m1 give it, plus "arithmetic"
+    ("float" or "integer"). Coding uses the integer path whenever the
+    checkpoint is integer."""
+    from .int_m1 import INT_FORMAT, load_int_m1
+
+    if checkpoint_format(path) == INT_FORMAT:
+        model, info = load_int_m1(path, device)
+    else:
+        model, info = load_m1(path, device)
+    info["arithmetic"] = model.arithmetic
+    return model.coder(), info

@@ -326,6 +326,7 @@ class _StaticModel:
     """A ContextModel with one fixed distribution (StaticAC)."""
 
     logits = False
+    arithmetic = "float"
     bos = m1_module.EOS
     vocab_size = m1_module.VOCAB_SIZE
     device = "cpu"
@@ -476,6 +477,10 @@ class _M1Method(Method):
     def m1_hash(self) -> str:
         return self.coder.weights_hash
 
+    def _m1_spec(self) -> dict:
+        """What artifacts record of M1: its hash and which arithmetic coded."""
+        return {"m1": self.m1_hash, "m1_arithmetic": self.coder.arithmetic}
+
 
 class ACMethod(_M1Method):
     """Plain arithmetic coding with M1 over each whole document (M1's context
@@ -491,7 +496,7 @@ class ACMethod(_M1Method):
         return f"AC[v={_v_label(self.vocab_size)}]"
 
     def spec(self) -> dict:
-        return {"kind": "ac", "v": self.vocab_size, "precision": self.precision, "m1": self.m1_hash}
+        return {"kind": "ac", "v": self.vocab_size, "precision": self.precision, **self._m1_spec()}
 
     def _encode_docs(self, docs):
         return _pack_streams(encode_streams(docs, self.coder, self.precision, m1_module.EOS, self.batch),
@@ -519,7 +524,7 @@ class EqualInfoACMethod(_M1Method):
 
     def spec(self) -> dict:
         return {"kind": "equal_info_ac", "b": self.b, "v": self.vocab_size, "precision": self.precision,
-                "m1": self.m1_hash}
+                **self._m1_spec()}
 
     def _encode_docs(self, docs):
         windows = encode_windows(docs, self.coder, self.b, self.precision, m1_module.EOS, self.batch)
@@ -578,7 +583,8 @@ def method_from_spec(spec: dict, m1_coder=None) -> Method:
         if m1_coder is None:
             raise ValueError(f"this data was coded with M1 {spec['m1'][:16]}...: give that M1 checkpoint")
         if m1_coder.weights_hash != spec["m1"]:
-            raise ValueError(f"wrong M1: the data was coded with M1 {spec['m1'][:16]}..., the given checkpoint is "
+            raise ValueError(f"wrong M1: the data was coded with the {spec.get('m1_arithmetic', 'float')} M1 "
+                             f"{spec['m1'][:16]}..., the given checkpoint is the {m1_coder.arithmetic} M1 "
                              f"{m1_coder.weights_hash[:16]}...")
         if kind == "ac":
             return ACMethod(m1_coder, spec["v"], spec["precision"])

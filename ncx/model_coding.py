@@ -38,6 +38,7 @@ class ContextModel(Protocol):
     bos: int         # token fed at position 0
     logits: bool     # whether __call__ returns logits (else probabilities)
     max_symbols: int # symbols one context holds (context length - 1)
+    arithmetic: str  # "float" or "integer" (an integer M1: the same output on every device)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
 

@@ -20,6 +20,11 @@ __all__ = [
     "decode",
     "max_encoded_bytes",
     "new_state",
+    "int_linear",
+    "int_rms_norm",
+    "int_rope",
+    "int_attention",
+    "int_coder_weights",
 ]
 
 _ops = torch.ops.ncx
@@ -206,6 +211,43 @@ def decode(
     return symbols, status
 
 
+# ------------------------------------------------------------ integer M1 ops
+# Integer building blocks of ncx.int_m1 (csrc/core/int_m1.h has the number
+# formats). Activations are int32 in Q16; the ops check shapes and dtypes and
+# raise RuntimeError naming the argument.
+def int_linear(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x int32 [N, K] (Q16) times weight int8 [D, K] with per-channel int32
+    multiplier/shift [D] -> int32 [N, D] (Q16). Each row of x is quantized to
+    int8 with its own scale; the int8 products are summed in int32."""
+    return _ops.int_linear(x, weight, multiplier, shift)
+
+
+def int_rms_norm(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """RMS norm of the rows of x int32 [N, C] (Q16) times gain int32 [C] (Q16)."""
+    return _ops.int_rms_norm(x, gain)
+
+
+def int_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x int32 [N, H, head_dim] (Q16, rotate-half layout)
+    at positions int64 [N], with int32 cos/sin tables [context, head_dim/2] (Q30)."""
+    return _ops.int_rope(x, cos, sin, positions)
+
+
+def int_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, streams: torch.Tensor,
+                  positions: torch.Tensor) -> torch.Tensor:
+    """Causal attention: query row n (q int32 [N, H, head_dim], Q16) attends the
+    keys/values at positions 0..positions[n] of stream streams[n] in the int32
+    caches [S, H, L, head_dim]. Returns int32 [N, H, head_dim] (Q16)."""
+    return _ops.int_attention(q, k_cache, v_cache, streams, positions)
+
+
+def int_coder_weights(logits: torch.Tensor) -> torch.Tensor:
+    """Logits int32 [N, V] (Q16) -> unnormalized probabilities int32 [N, V]:
+    exp(logit - max) in Q22, the largest exactly 2**22, which ncx.ops.quantize
+    (probability mode) turns into frequencies without any rounding of its own."""
+    return _ops.int_coder_weights(logits)
+
+
 # ------------------------------------------------------------ fake kernels
 def _fake_like(t: torch.Tensor, shape, dtype):
     return t.new_empty(shape, dtype=dtype)
@@ -272,3 +314,28 @@ def _(state, dist, precision, logits, budget_bits, eos):
     B = dist.shape[0]
     return (_fake_like(dist, (B,), torch.int64), _fake_like(dist, (B,), torch.bool),
             _fake_like(dist, (B,), torch.int32))
+
+
+@torch.library.register_fake("ncx::int_linear")
+def _(x, weight, multiplier, shift):
+    return _fake_like(x, (x.shape[0], weight.shape[0]), torch.int32)
+
+
+@torch.library.register_fake("ncx::int_rms_norm")
+def _(x, gain):
+    return _fake_like(x, x.shape, torch.int32)
+
+
+@torch.library.register_fake("ncx::int_rope")
+def _(x, cos, sin, positions):
+    return _fake_like(x, x.shape, torch.int32)
+
+
+@torch.library.register_fake("ncx::int_attention")
+def _(q, k_cache, v_cache, streams, positions):
+    return _fake_like(q, q.shape, torch.int32)
+
+
+@torch.library.register_fake("ncx::int_coder_weights")
+def _(logits):
+    return _fake_like(logits, logits.shape, torch.int32)

@@ -51,10 +51,12 @@ def _with_bos(chunks: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heldout_bits_per_byte(model: M1, docs: Sequence[bytes], batch_size: int = 16,
+def heldout_bits_per_byte(model, docs: Sequence[bytes], batch_size: int = 16,
                           max_symbols: int | None = None) -> float:
     """Held-out bits per text byte of `docs` (see the module docstring), over
-    at most max_symbols symbols of the joined stream when given."""
+    at most max_symbols symbols of the joined stream when given. model: an M1
+    (its logits), or an integer M1 (ncx.int_m1.IntM1: the log-probabilities
+    of the frequencies its coder uses)."""
     stream = _join(docs)
     if max_symbols is not None:
         stream = stream[:max_symbols]
@@ -66,15 +68,19 @@ def heldout_bits_per_byte(model: M1, docs: Sequence[bytes], batch_size: int = 16
     targets = torch.full((n * T,), -100, dtype=torch.int64)  # -100: ignored by cross_entropy
     targets[: len(stream)] = stream
     targets = targets.view(n, T)
-    device = model.wte.weight.device
-    was_training = model.training
-    model.eval()
+    is_float = isinstance(model, M1)
+    device = model.wte.weight.device if is_float else model.device
+    forward = model if is_float else model.log_probs  # cross_entropy of log-probabilities is their negation
+    was_training = is_float and model.training
+    if is_float:
+        model.eval()
     total_nats = 0.0
     for i in range(0, n, batch_size):
         y = targets[i:i + batch_size].to(device)
-        logits = model(_with_bos(y.clamp(min=0)))  # padding positions come last: causality hides them
+        logits = forward(_with_bos(y.clamp(min=0)))  # padding positions come last: causality hides them
         total_nats += float(F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), y.reshape(-1), reduction="sum"))
-    model.train(was_training)
+    if is_float:
+        model.train(was_training)
     return total_nats / math.log(2) / text_bytes
 
 

@@ -25,6 +25,7 @@ class TableModel:
     max_symbols: int = 512     # window cap (M1's context)
     name: str = "table"
     salt: int = 0
+    arithmetic = "float"  # not a dataclass field: no annotation
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,333 @@
+"""The integer-exact M1 (ncx.int_m1, csrc/core/int_m1.h).
+
+Proves: the native integer ops equal a pure-Python reference of the number
+formats; the integer coder's weights for a window are bit-identical whatever
+the batch size, order, padding (other streams at other positions), thread
+count, and in stepwise vs full-window evaluation; compressed output is
+byte-identical across batch sizes; a float M1 and its integer twin both code
+losslessly (sizes reported); conversion keeps bits/byte close; checkpoints
+and artifacts record the arithmetic, and bad checkpoints are clear errors.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+import int_reference as ref
+from ncx import ops
+from ncx.int_m1 import (
+    IntM1,
+    calibrate_smoothing,
+    finetune_m1_quantized,
+    load_int_m1,
+    quantize_m1,
+    save_int_m1,
+)
+from ncx.m1 import BOS, M1, load_m1_coder, preset, save_m1
+from ncx.methods import ACMethod, EqualInfoACMethod, method_from_spec
+from ncx.train_m1 import heldout_bits_per_byte
+
+
+def _peaky_m1(seed: int = 0, context: int = 64) -> M1:
+    """A random tiny M1 with weights large enough for peaked, varied
+    distributions (an untrained M1 at its init is nearly uniform)."""
+    torch.manual_seed(seed)
+    model = M1(preset("tiny", context=context))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def float_m1() -> M1:
+    return _peaky_m1()
+
+
+@pytest.fixture(scope="module")
+def int_m1(float_m1) -> IntM1:
+    return quantize_m1(float_m1)
+
+
+def _rand_docs(seed: int, n: int, max_len: int) -> list[bytes]:
+    rng = random.Random(seed)
+    return [bytes(rng.randrange(256) for _ in range(rng.randrange(max_len + 1))) for _ in range(n)]
+
+
+# ------------------------------------------------------------ ops vs reference
+def _ints(gen, shape, lo, hi, dtype=torch.int32):
+    return torch.randint(lo, hi, shape, generator=gen, dtype=torch.int64).to(dtype)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_int_linear_matches_reference(seed):
+    gen = torch.Generator().manual_seed(seed)
+    N, K, D = 5, [7, 64, 130, 33][seed], 11
+    x = _ints(gen, (N, K), -(1 << 22), 1 << 22)
+    x[1] = 0  # a zero row
+    x[2, 0] = (1 << 31) - 1  # the largest magnitude
+    x[3] = _ints(gen, (K,), -3, 4)  # tiny values
+    w = _ints(gen, (D, K), -127, 128, torch.int8)
+    w[4] = 0
+    mult = _ints(gen, (D,), 1 << 14, (1 << 15) + 1)
+    shift = _ints(gen, (D,), 20, 45)
+    shift[0] = -3  # a left shift (saturates)
+    got = ops.int_linear(x, w, mult, shift)
+    want = ref.linear(x.tolist(), w.tolist(), mult.tolist(), shift.tolist())
+    assert got.tolist() == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_int_rms_norm_matches_reference(seed):
+    gen = torch.Generator().manual_seed(seed)
+    C = [8, 32, 100, 256][seed]
+    x = _ints(gen, (6, C), -(1 << 26), 1 << 26)
+    x[1] = 0
+    x[2] = _ints(gen, (C,), -2, 3)
+    x[3, :] = -(1 << 31) + 1
+    gain = _ints(gen, (C,), -(1 << 18), 1 << 18)
+    assert ops.int_rms_norm(x, gain).tolist() == ref.rms_norm(x.tolist(), gain.tolist())
+
+
+def test_int_coder_weights_matches_reference_and_exp():
+    gen = torch.Generator().manual_seed(0)
+    logits = _ints(gen, (8, 257), -(40 << 16), 40 << 16)
+    logits[1] = 0  # uniform
+    logits[2] = -(1 << 31) + 1
+    logits[2, 7] = (1 << 31) - 1  # extremes: one-hot
+    got = ops.int_coder_weights(logits)
+    assert got.tolist() == ref.coder_weights(logits.tolist())
+    assert (got.amax(1) == 1 << 22).all()  # the largest weight is exactly 2**22
+    d = torch.arange(-20 << 16, 1, 997)
+    approx = torch.tensor([ref.exp_nonpositive(int(v), 22) for v in d], dtype=torch.float64) / 2 ** 22
+    exact = torch.exp(d.double() / 65536)
+    # d * log2(e) is rounded to Q16 (error <= 2**-17, i.e. ln 2 * 2**-17 ~ 5.3e-6 relative) and
+    # the result to Q22 (2.4e-7 absolute): far below what could change a code length.
+    assert ((approx - exact).abs() <= 5.5e-6 * exact + 2.5e-7).all()
+
+
+def test_int_rope_and_attention_match_reference():
+    gen = torch.Generator().manual_seed(1)
+    N, H, hd, S, L = 6, 2, 8, 3, 10
+    ctx = 16
+    angles = torch.arange(ctx, dtype=torch.float64)[:, None] * torch.rand(hd // 2, generator=gen, dtype=torch.float64)
+    cos = torch.round(angles.cos() * 2 ** 30).to(torch.int32)
+    sin = torch.round(angles.sin() * 2 ** 30).to(torch.int32)
+    x = _ints(gen, (N, H, hd), -(1 << 25), 1 << 25)
+    positions = _ints(gen, (N,), 0, L, torch.int64)
+    positions[0] = 0
+    assert ops.int_rope(x, cos, sin, positions).tolist() == ref.rope(x.tolist(), cos.tolist(), sin.tolist(),
+                                                                    positions.tolist())
+    q = _ints(gen, (N, H, hd), -(1 << 20), 1 << 20)
+    k = _ints(gen, (S, H, L, hd), -(1 << 20), 1 << 20)
+    v = _ints(gen, (S, H, L, hd), -(1 << 24), 1 << 24)
+    streams = _ints(gen, (N,), 0, S, torch.int64)
+    got = ops.int_attention(q, k, v, streams, positions)
+    assert got.tolist() == ref.attention(q.tolist(), k.tolist(), v.tolist(), streams.tolist(), positions.tolist())
+
+
+def test_int_ops_reject_bad_arguments():
+    x = torch.zeros(2, 8, dtype=torch.int32)
+    w = torch.zeros(4, 8, dtype=torch.int8)
+    m = torch.zeros(4, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="weight must be a Char tensor"):
+        ops.int_linear(x, w.float(), m, m)
+    with pytest.raises(RuntimeError, match="columns"):
+        ops.int_linear(x, torch.zeros(4, 9, dtype=torch.int8), m, m)
+    with pytest.raises(RuntimeError, match="x must be a Int tensor"):
+        ops.int_rms_norm(x.float(), torch.zeros(8, dtype=torch.int32))
+    caches = torch.zeros(1, 1, 4, 8, dtype=torch.int32)
+    q = torch.zeros(1, 1, 8, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="positions must lie in"):
+        ops.int_attention(q, caches, caches, torch.zeros(1, dtype=torch.int64), torch.tensor([4]))
+    with pytest.raises(RuntimeError, match="streams must lie in"):
+        ops.int_attention(q, caches, caches, torch.ones(1, dtype=torch.int64), torch.tensor([0]))
+    tab = torch.zeros(4, 4, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="positions must lie in"):
+        ops.int_rope(q, tab, tab, torch.tensor([9]))
+
+
+def test_int_ops_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    x = _ints(gen, (3, 16), -(1 << 20), 1 << 20)
+    w = _ints(gen, (5, 16), -127, 128, torch.int8)
+    m = _ints(gen, (5,), 1 << 14, 1 << 15)
+    s = _ints(gen, (5,), 25, 30)
+    torch.library.opcheck(torch.ops.ncx.int_linear, (x, w, m, s))
+    torch.library.opcheck(torch.ops.ncx.int_rms_norm, (x, _ints(gen, (16,), 1, 1 << 17)))
+    torch.library.opcheck(torch.ops.ncx.int_coder_weights, (x,))
+    qh = x.view(3, 2, 8)
+    tab = _ints(gen, (4, 4), -(1 << 30), 1 << 30)
+    pos = torch.tensor([0, 3, 1])
+    torch.library.opcheck(torch.ops.ncx.int_rope, (qh, tab, tab, pos))
+    cache = _ints(gen, (2, 2, 4, 8), -(1 << 20), 1 << 20)
+    torch.library.opcheck(torch.ops.ncx.int_attention, (qh, cache, cache, torch.tensor([1, 0, 1]), pos))
+
+
+# ------------------------------------------------------------ determinism
+def _windows(seed: int, n: int, T: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randint(0, 257, (n, T), generator=gen)
+    w[:, 0] = BOS
+    w[n // 2, 1:] = 32  # a long run of one byte
+    return w
+
+
+def test_full_window_equals_stepwise(int_m1):
+    """Stepwise (KV cache, one position per call) and full-window evaluation
+    give identical weights."""
+    T = int_m1.config.context
+    windows = _windows(0, 5, T)
+    full = int_m1.window_weights(windows)
+    coder = int_m1.coder()
+    for t in range(T):
+        step = coder(windows[:, t], torch.full((5,), t))
+        assert torch.equal(step, full[:, t].float()), t
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64, 1000])
+def test_weights_do_not_depend_on_batch_order_or_padding(int_m1, batch):
+    """Window w's weights at every position are the same when it runs alone,
+    in a batch of `batch` windows, at any row, next to streams at other
+    positions (the others start at random offsets: 'padding')."""
+    T = 24
+    target = _windows(1, 1, T)[0]
+    alone = int_m1.window_weights(target[None])[0]
+    others = _windows(2 + batch, batch, T)
+    row = random.Random(batch).randrange(batch)
+    others[row] = target
+    lag = torch.randint(0, 5, (batch,), generator=torch.Generator().manual_seed(batch))
+    lag[row] = 0
+    coder = int_m1.coder()
+    for t in range(T + 5):
+        pos = (t - lag).clamp(min=0, max=T - 1)
+        tok = others[torch.arange(batch), pos]
+        out = coder(tok, pos)
+        if t < T:
+            assert torch.equal(out[row], alone[t].float()), (batch, t)
+
+
+def test_weights_do_not_depend_on_threads(int_m1):
+    windows = _windows(3, 64, int_m1.config.context)
+    one = int_m1.window_weights(windows)
+    torch.set_num_threads(2)
+    assert torch.equal(int_m1.window_weights(windows), one)
+
+
+# ------------------------------------------------------------ coding
+def _adversarial_docs(T: int) -> list[bytes]:
+    rng = random.Random(7)
+    return [b"", b"a", bytes(range(256)), b"\x00" * 300, b"\xff\xfe\xc3\x28\xa0\xa1" * 20,
+            bytes(rng.randrange(256) for _ in range(40 * T)), "naïve café — ok".encode() * 30]
+
+
+@pytest.mark.parametrize("method_cls, kw", [(ACMethod, {}), (EqualInfoACMethod, {"b": 16}),
+                                            (EqualInfoACMethod, {"b": 32})])
+def test_integer_coding_is_lossless_and_batch_independent(int_m1, method_cls, kw):
+    docs = _adversarial_docs(int_m1.config.context) + _rand_docs(11, 6, 200)
+    big = method_cls(int_m1.coder(), batch=64, **kw)
+    small = method_cls(int_m1.coder(), batch=1, **kw)
+    enc_big = big.encode_batch(docs)
+    enc_small = small.encode_batch(docs)
+    for a, b in zip(enc_big, enc_small):
+        assert a.tokens.tobytes() == b.tokens.tobytes() and a.exceptions == b.exceptions
+    assert big.decode_batch(enc_small) == docs
+    assert big.spec()["m1_arithmetic"] == "integer"
+
+
+def test_float_and_integer_twins_both_lossless(float_m1, int_m1, record_property):
+    docs = _adversarial_docs(float_m1.config.context) + _rand_docs(12, 4, 300)
+    sizes = {}
+    for name, coder in (("float", float_m1.coder()), ("integer", int_m1.coder())):
+        method = EqualInfoACMethod(coder, b=16, batch=32)
+        encoded = method.encode_batch(docs)
+        assert method.decode_batch(encoded) == docs
+        sizes[name] = sum(len(e.tokens) for e in encoded)
+    diff = (sizes["integer"] / sizes["float"] - 1) * 100
+    record_property("twin_sizes_tokens", json.dumps({**sizes, "difference_percent": round(diff, 3)}))
+    print(f"\nEqualInfoAC[b=16] tokens: float {sizes['float']}, integer {sizes['integer']} ({diff:+.3f}%)")
+
+
+def test_conversion_keeps_bits_per_byte(float_m1, int_m1):
+    docs = _rand_docs(13, 3, 400) + [b"the cat sat on the mat. " * 20]
+    f = heldout_bits_per_byte(float_m1, docs)
+    i = heldout_bits_per_byte(int_m1, docs)
+    assert abs(i / f - 1) < 0.02, (f, i)
+
+
+def test_calibration_and_finetune(float_m1):
+    docs = [b"the quick brown fox jumps over the lazy dog. " * 12, bytes(range(256)) * 3]
+    chosen = calibrate_smoothing(float_m1, docs, alphas=(None, 0.5), max_symbols=2048, log=None)
+    cal = chosen.calibration
+    assert [c[0] for c in cal["candidates"]] == [None, 0.5]
+    assert cal["smoothing"] == min(cal["candidates"], key=lambda c: c[1])[0]
+    assert cal["calibration_float_bits_per_byte"] > 0
+    # A smoothed model computes nearly the same function.
+    smoothed = quantize_m1(float_m1, 0.5, stats=__import__("ncx.int_m1", fromlist=["_input_amax"])._input_amax(
+        float_m1, docs, 2048))
+    assert abs(heldout_bits_per_byte(smoothed, docs) / heldout_bits_per_byte(float_m1, docs) - 1) < 0.03
+    tuned = finetune_m1_quantized(float_m1, docs, steps=2, batch_size=2)
+    assert isinstance(tuned, M1) and tuned.config == float_m1.config
+    assert not torch.equal(tuned.blocks[0].qkv.weight, float_m1.blocks[0].qkv.weight)
+    assert isinstance(tuned.blocks[0].qkv, torch.nn.Linear)
+
+
+# ------------------------------------------------------------ checkpoints
+def test_checkpoint_round_trip_and_dispatch(tmp_path, float_m1, int_m1):
+    path = str(tmp_path / "int.safetensors")
+    digest = save_int_m1(int_m1, path)
+    loaded, info = load_int_m1(path)
+    assert digest == info["weights_hash"] == loaded.weights_hash == int_m1.weights_hash
+    assert info["source_weights_hash"] == float_m1.weights_hash
+    coder, cinfo = load_m1_coder(path)
+    assert coder.arithmetic == cinfo["arithmetic"] == "integer"
+    windows = _windows(4, 2, 16)
+    assert torch.equal(loaded.window_weights(windows), int_m1.window_weights(windows))
+    fpath = str(tmp_path / "float.safetensors")
+    save_m1(float_m1, fpath)
+    assert load_m1_coder(fpath)[0].arithmetic == "float"
+    with pytest.raises(ValueError, match="not an integer M1 checkpoint"):
+        load_int_m1(fpath)
+    with pytest.raises(FileNotFoundError):
+        load_m1_coder(str(tmp_path / "missing.safetensors"))
+
+
+def test_corrupt_integer_checkpoint_is_a_clear_error(tmp_path, int_m1):
+    path = tmp_path / "int.safetensors"
+    save_int_m1(int_m1, str(path))
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt"):
+        load_m1_coder(str(path))
+    path.write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_m1_coder(str(path))
+
+
+def test_wrong_m1_arithmetic_is_named(float_m1, int_m1):
+    spec = EqualInfoACMethod(int_m1.coder(), b=16).spec()
+    with pytest.raises(ValueError, match="coded with the integer M1 .* given checkpoint is the float M1"):
+        method_from_spec(spec, float_m1.coder())
+
+
+def test_compress_job_records_integer_arithmetic(tmp_path, int_m1):
+    """ncx compress/decompress with an integer checkpoint: the manifest
+    records the integer arithmetic, and the documents come back exactly."""
+    from test_jobs import ncx, restored, write_jsonl
+
+    ckpt = tmp_path / "int.safetensors"
+    save_int_m1(int_m1, str(ckpt))
+    docs = [b"hello integer world", b"", bytes(range(256)), b"zz" * 100, b"\xff\xfe not UTF-8 \x80"]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    out = tmp_path / "ds"
+    assert ncx("compress", "--method", "equal_info_ac", "--b", 16, "--m1", ckpt, "--data", src, "--out", out,
+               "--no-progress", "--device", "cpu") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["m1_arithmetic"] == manifest["method"]["m1_arithmetic"] == "integer"
+    assert ncx("decompress", out, "--out", tmp_path / "r", "--m1", ckpt, "--device", "cpu", "--no-progress") == 0
+    assert restored(tmp_path / "r") == docs
