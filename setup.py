@@ -67,7 +67,7 @@ def extra_cuda_includes():
 
 
 here = os.path.dirname(os.path.abspath(__file__))
-sources = ["csrc/ncx.cpp", "csrc/cpu/ops_cpu.cpp"]
+sources = ["csrc/ncx.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/int_m1_cpu.cpp"]
 # -ffp-contract=off: the quantizer's float steps must round exactly as written
 # (no fused multiply-add), so CPU and GPU produce the same integers.
 # -fopenmp: at::parallel_for is a header template that, with torch's OpenMP
@@ -86,7 +86,8 @@ include_dirs = [os.path.join(here, "csrc")]
 if want_cuda():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-    sources += ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/kernels.cu"]
+    sources += ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/kernels.cu", "csrc/cuda/int_m1_cuda.cpp",
+                "csrc/cuda/int_m1_kernels.cu"]
     define_macros.append(("NCX_WITH_CUDA", None))
     include_dirs += extra_cuda_includes()
     ext = CUDAExtension(

@@ -26,7 +26,10 @@ $PY -c "import ncx.ops, ncx._C as C; assert C.WITH_CUDA, 'built without CUDA'; p
   2>&1 | tee -a "$LOG/build.log"
 
 stamp "CUDA tests"
-$PY -m pytest -q -x tests/test_cuda.py ${NCX_GPU_EXTRA_TESTS:-} > "$LOG/tests.log" 2>&1
+# NCX_GPU_ARTIFACT_DIR: tests/test_int_m1.py leaves a dataset compressed on this GPU with an
+# integer M1 there; commit it as tests/data/gpu_int_m1 and CI decodes it on a CPU.
+NCX_GPU_ARTIFACT_DIR="$LOG/gpu_int_m1" $PY -m pytest -q -x tests/test_cuda.py tests/test_int_ops_cuda.py \
+  tests/test_int_m1.py ${NCX_GPU_EXTRA_TESTS:-} > "$LOG/tests.log" 2>&1
 tests_rc=$?
 tail -5 "$LOG/tests.log"
 
@@ -38,8 +41,18 @@ if [ -f bench/gpu_pipeline.py ]; then
   $PY bench/gpu_pipeline.py --out "$LOG/gpu_pipeline.json" > "$LOG/pipeline.log" 2>&1
 fi
 
-stamp "done: tests rc=$tests_rc bench rc=$bench_rc"
+stamp "integer vs float M1 coding (same text, CUDA then CPU)"
+trained=""
+[ -f runs/m1-small-27min.safetensors ] && trained="--m1 runs/m1-small-27min.safetensors"
+$PY bench/int_m1_throughput.py $trained --device cuda --no-bpb --json "$LOG/int_m1_cuda.json" \
+  > "$LOG/int_m1.log" 2>&1
+$PY bench/int_m1_throughput.py $trained --device cpu --threads 16 --no-bpb --json "$LOG/int_m1_cpu.json" \
+  >> "$LOG/int_m1.log" 2>&1
+int_rc=$?
+
+stamp "done: tests rc=$tests_rc bench rc=$bench_rc int_m1 rc=$int_rc"
 echo "==================== summary ===================="
 tail -30 "$LOG/bench.log"
 [ -f "$LOG/pipeline.log" ] && tail -15 "$LOG/pipeline.log"
-exit $(( tests_rc || bench_rc ))
+grep -E "^(AC|EqualInfoAC)" "$LOG/int_m1.log"
+exit $(( tests_rc || bench_rc || int_rc ))

@@ -38,7 +38,7 @@ class TimedModel:
 
     def __init__(self, model):
         self.model, self.seconds = model, 0.0
-        for attr in ("vocab_size", "bos", "logits", "max_symbols", "device", "weights_hash"):
+        for attr in ("vocab_size", "bos", "logits", "arithmetic", "max_symbols", "device", "weights_hash"):
             setattr(self, attr, getattr(model, attr))
 
     def __call__(self, tokens, positions):

@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "demo": ("ncx.demo", "the main job: every method on the embedded corpus, M1 and M2, table and plot"),
     "train-m1": ("ncx.train_m1", "train M1, the byte-level model that drives the coder"),
+    "quantize-m1": ("ncx.int_m1", "convert a float M1 into an integer-exact M1 (decodes on any device)"),
     "compress": ("ncx.jobs", "compress a corpus into a token dataset"),
     "decompress": ("ncx.jobs", "restore the original documents from a token dataset"),
     "inspect": ("ncx.jobs", "summarize a token dataset"),

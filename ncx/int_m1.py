@@ -494,3 +494,82 @@ def load_int_m1(path: str, device: str | torch.device = "cpu") -> tuple[IntM1, d
     info = {"config": config, "weights_hash": digest, "source_weights_hash": model.source_hash,
             "calibration": calibration, "summary": json.loads(metadata.get("summary") or "{}")}
     return model, info
+
+
+# ------------------------------------------------------------ CLI
+def add_arguments(parser, command: str) -> None:
+    parser.add_argument("--m1", required=True, metavar="CKPT", help="the float M1 checkpoint to convert")
+    parser.add_argument("--out", help="integer checkpoint to write (default: CKPT with an -int suffix)")
+    parser.add_argument("--data", nargs="+", metavar="PATH",
+                        help="calibration documents (.txt/.jsonl, optionally .gz, or directories); "
+                             "default: the embedded corpus's training part")
+    parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+    parser.add_argument("--lines", action="store_true", help="each line of a .txt file is a document")
+    parser.add_argument("--calibration-symbols", type=int, default=1 << 16,
+                        help="symbols of calibration text (default: 65536)")
+    parser.add_argument("--smoothing", default="none,0.25,0.5",
+                        help="comma-separated SmoothQuant strengths to try, 'none' for no smoothing "
+                             "(default: none,0.25,0.5)")
+    parser.add_argument("--finetune-steps", type=int, default=0,
+                        help="quantization-aware fine-tuning steps before converting (default: 0, none)")
+    parser.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning learning rate (default: 2e-4)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the held-out bits/byte of the float and integer models")
+    parser.add_argument("--heldout", nargs="+", metavar="PATH",
+                        help="held-out documents for the comparison; default: the embedded corpus's held-out part")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def _parse_smoothing(text: str) -> list[float | None]:
+    values = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "none":
+            values.append(None)
+            continue
+        try:
+            alpha = float(part)
+        except ValueError:
+            raise ValueError(f"--smoothing: {part!r} is neither 'none' nor a number") from None
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"--smoothing: {alpha} is outside [0, 1]")
+        values.append(alpha)
+    if not values:
+        raise ValueError("--smoothing: give at least one strength")
+    return values
+
+
+def run(args) -> int:
+    from .corpus import default_corpus, read_documents
+    from .m1 import load_m1
+    from .train_m1 import heldout_bits_per_byte
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    alphas = _parse_smoothing(args.smoothing)
+    model, info = load_m1(args.m1)
+    if args.data:
+        docs = [d for _, d in read_documents(args.data, text_field=args.text_field, lines=args.lines)]
+    else:
+        docs = default_corpus("train")
+    if args.finetune_steps:
+        print(f"quantization-aware fine-tuning: {args.finetune_steps} steps")
+        model = finetune_m1_quantized(model, docs, args.finetune_steps, lr=args.finetune_lr)
+    int_model = calibrate_smoothing(model, docs, alphas, max_symbols=args.calibration_symbols)
+    summary = {"source_checkpoint": os.path.basename(args.m1), "finetune_steps": args.finetune_steps}
+    if not args.no_eval:
+        heldout = ([d for _, d in read_documents(args.heldout, text_field=args.text_field, lines=args.lines)]
+                   if args.heldout else default_corpus("heldout"))
+        float_bpb = heldout_bits_per_byte(load_m1(args.m1)[0], heldout)
+        int_bpb = heldout_bits_per_byte(int_model, heldout)
+        summary.update(heldout_float_bits_per_byte=round(float_bpb, 5), heldout_int_bits_per_byte=round(int_bpb, 5))
+        print(f"held-out bits/byte: float M1 {float_bpb:.4f}, integer M1 {int_bpb:.4f} "
+              f"({(int_bpb / float_bpb - 1) * 100:+.2f}%)")
+    out = args.out or (args.m1[: -len(".safetensors")] if args.m1.endswith(".safetensors") else args.m1) + \
+        "-int.safetensors"
+    digest = save_int_m1(int_model, out, summary)
+    print(f"saved {out} (integer weights sha256 {digest[:16]}..., smoothing {int_model.calibration['smoothing']}, "
+          f"from float M1 {info['weights_hash'][:16]}...)")
+    return 0

@@ -11,7 +11,9 @@ and artifacts record the arithmetic, and bad checkpoints are clear errors.
 from __future__ import annotations
 
 import json
+import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -331,3 +333,74 @@ def test_compress_job_records_integer_arithmetic(tmp_path, int_m1):
     assert manifest["extra"]["m1_arithmetic"] == manifest["method"]["m1_arithmetic"] == "integer"
     assert ncx("decompress", out, "--out", tmp_path / "r", "--m1", ckpt, "--device", "cpu", "--no-progress") == 0
     assert restored(tmp_path / "r") == docs
+
+
+# ------------------------------------------------------------ across devices
+# A GPU run of bench/gpu_check.sh writes a compressed dataset made on the GPU
+# (with its integer M1) to this folder; committed, CI decodes it on the CPU.
+GPU_ARTIFACT = os.path.join(os.path.dirname(__file__), "data", "gpu_int_m1")
+
+
+def _cross_device_docs() -> list[bytes]:
+    rng = random.Random(2026)
+    return _adversarial_docs(64) + [bytes(rng.randrange(256) for _ in range(rng.randrange(600))) for _ in range(40)]
+
+
+@pytest.mark.cuda
+def test_cuda_and_cpu_weights_identical_on_100k_windows(int_m1):
+    """The integer M1 on CUDA and on the CPU: identical weights, hence
+    identical CDFs, for 100,000 windows (random bytes, runs, BOS resets)."""
+    gpu = int_m1.to("cuda")
+    T, per_call, total = 16, 5000, 100_000
+    for start in range(0, total, per_call):
+        windows = _windows(100 + start, per_call, T)
+        cpu_w = int_m1.window_weights(windows)
+        gpu_w = gpu.window_weights(windows.cuda())
+        assert torch.equal(cpu_w, gpu_w.cpu()), start
+        assert torch.equal(ops.quantize(cpu_w.float(), 16), ops.quantize(gpu_w.float(), 16).cpu()), start
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method_cls, kw", [(ACMethod, {}), (EqualInfoACMethod, {"b": 16})])
+def test_compressed_on_cuda_decodes_on_cpu(int_m1, method_cls, kw):
+    docs = _cross_device_docs()
+    encoded = method_cls(int_m1.to("cuda").coder(), batch=64, **kw).encode_batch(docs)
+    assert method_cls(int_m1.coder(), batch=16, **kw).decode_batch(encoded) == docs
+    # and the other way round
+    encoded_cpu = method_cls(int_m1.coder(), batch=7, **kw).encode_batch(docs)
+    assert [e.tokens.tobytes() for e in encoded_cpu] == [e.tokens.tobytes() for e in encoded]
+
+
+@pytest.mark.cuda
+def test_write_gpu_artifact(int_m1, tmp_path):
+    """With NCX_GPU_ARTIFACT_DIR set (bench/gpu_check.sh sets it), compress
+    on the GPU with `ncx compress` and leave the integer checkpoint, the
+    dataset and the source documents there, for CI to decode on a CPU."""
+    out_dir = os.environ.get("NCX_GPU_ARTIFACT_DIR")
+    if not out_dir:
+        pytest.skip("NCX_GPU_ARTIFACT_DIR not set")
+    from test_jobs import ncx, write_jsonl
+
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = os.path.join(out_dir, "int_m1.safetensors")
+    save_int_m1(int_m1, ckpt)
+    src = write_jsonl(Path(out_dir) / "docs.jsonl", _cross_device_docs())
+    assert ncx("compress", "--method", "equal_info_ac", "--b", 16, "--m1", ckpt, "--data", src,
+               "--out", os.path.join(out_dir, "dataset"), "--no-progress", "--device", "cuda") == 0
+
+
+def test_gpu_compressed_dataset_decodes_on_cpu(tmp_path):
+    """A dataset compressed on a GPU with an integer M1 (committed from a run
+    of bench/gpu_check.sh) decodes exactly on this CPU."""
+    if not os.path.isdir(GPU_ARTIFACT):
+        pytest.skip("no GPU-made artifact committed yet (bench/gpu_check.sh writes one)")
+    from test_jobs import ncx, restored
+
+    manifest = json.loads(Path(GPU_ARTIFACT, "dataset", "manifest.json").read_text())
+    assert manifest["extra"]["m1_device_type"] == "cuda" and manifest["extra"]["m1_arithmetic"] == "integer"
+    out = tmp_path / "restored"
+    assert ncx("decompress", Path(GPU_ARTIFACT, "dataset"), "--out", out, "--m1",
+               Path(GPU_ARTIFACT, "int_m1.safetensors"), "--device", "cpu", "--no-progress") == 0
+    docs = [json.loads(line)["text"].encode("utf-8", "surrogateescape")
+            for line in Path(GPU_ARTIFACT, "docs.jsonl").read_text().splitlines()]
+    assert restored(out) == docs

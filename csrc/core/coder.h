@@ -321,7 +321,7 @@ struct WindowClose {
 NCX_HD int32_t window_encode(WindowEncoder* e, const uint32_t* cdf, int64_t V, int64_t symbol,
                              int precision, int budget_bits, int32_t max_symbols,
                              WindowClose* close) {
-  uint64_t off;
+  uint64_t off = 0;  // set by window_has_cell whenever it is read
   if (e->count >= 1 && window_find_straddle(e->iv, budget_bits, cdf, V, precision, &off)) {
     e->good_count = e->count;
     e->good_value = window_cell_value(e->prefix, e->iv, budget_bits, off);
@@ -371,7 +371,7 @@ NCX_HD int32_t window_encode(WindowEncoder* e, const uint32_t* cdf, int64_t V, i
 // the decoder stops anyway): any cell of the final interval will do.
 NCX_HD bool window_encode_finish(WindowEncoder* e, int budget_bits, WindowClose* close) {
   if (e->count == 0) return false;
-  uint64_t off;
+  uint64_t off = 0;  // set by window_has_cell whenever it is read
   window_has_cell(e->iv, budget_bits, &off);
   close->value = window_cell_value(e->prefix, e->iv, budget_bits, off);
   close->symbols = e->count;
