@@ -90,12 +90,16 @@ def main(argv=None) -> int:
                         res[arith] = r
             for ph in ("encode", "decode"):
                 res[f"{ph}_integer_over_float"] = res["integer"][f"{ph}_MBps"] / res["float"][f"{ph}_MBps"]
+            # Both twins code the same text losslessly (throughput() checks); their sizes:
+            res["tokens_integer_over_float"] = res["integer"]["tokens"] / res["float"]["tokens"]
             row[label] = res
             print(f"{label:17s} {name}: " + "  ".join(
                 f"{ph} float {res['float'][ph + '_MBps'] * 1e3:7.2f} kB/s, integer "
                 f"{res['integer'][ph + '_MBps'] * 1e3:7.2f} kB/s (x{res[ph + '_integer_over_float']:.2f}, "
                 f"M1 share {100 * res['float'][ph + '_m1_share']:.0f}% / {100 * res['integer'][ph + '_m1_share']:.0f}%)"
-                for ph in ("encode", "decode")), flush=True)
+                for ph in ("encode", "decode"))
+                + f"  tokens float {res['float']['tokens']}, integer {res['integer']['tokens']} "
+                  f"({(res['tokens_integer_over_float'] - 1) * 100:+.2f}%)", flush=True)
         out["models"][name] = row
     if args.json:
         with open(args.json, "w") as f:

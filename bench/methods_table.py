@@ -120,6 +120,7 @@ def throughput(method_factory, coder, docs) -> dict:
             t = time.perf_counter()
             if phase == "encode":
                 enc = method.encode_batch(docs)
+                out["tokens"] = sum(len(e.tokens) for e in enc)
             else:
                 assert method.decode_batch(enc) == docs
             wall = time.perf_counter() - t

@@ -542,6 +542,9 @@ def describe(data: ds.TokenDataset) -> str:
         f"M1           {m.get('m1_hash') or '-'}"
         + (f" ({extra['m1_flops_per_byte']:,} FLOPs/byte)" if m.get("m1_hash") and "m1_flops_per_byte" in extra
            else ""),
+        *([f"M1 coded on  {extra.get('m1_device_type')}, {extra['m1_arithmetic']} arithmetic"
+           + (" (decodes on any device)" if extra["m1_arithmetic"] == "integer" else " (decode on the same kind)")]
+          if m.get("m1_hash") and extra.get("m1_arithmetic") else []),
         f"ncx version  {m.get('ncx_version')}",
         f"documents    {len(data):,}",
         f"bytes        {data.total_bytes:,}",

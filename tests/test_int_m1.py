@@ -331,6 +331,9 @@ def test_compress_job_records_integer_arithmetic(tmp_path, int_m1):
                "--no-progress", "--device", "cpu") == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["extra"]["m1_arithmetic"] == manifest["method"]["m1_arithmetic"] == "integer"
+    from ncx.jobs import inspect_dataset
+
+    assert "integer arithmetic (decodes on any device)" in inspect_dataset(out)
     assert ncx("decompress", out, "--out", tmp_path / "r", "--m1", ckpt, "--device", "cpu", "--no-progress") == 0
     assert restored(tmp_path / "r") == docs
 
