@@ -68,7 +68,8 @@ def _ints(gen, shape, lo, hi, dtype=torch.int32):
 @pytest.mark.parametrize("seed", range(4))
 def test_int_linear_matches_reference(seed):
     gen = torch.Generator().manual_seed(seed)
-    N, K, D = 5, [7, 64, 130, 33][seed], 11
+    # D = 37: two groups of 16 channels (the VNNI path's 16-way reduction) and a tail of 5.
+    N, K, D = 5, [7, 64, 130, 33][seed], 37
     x = _ints(gen, (N, K), -(1 << 22), 1 << 22)
     x[1] = 0  # a zero row
     x[2, 0] = (1 << 31) - 1  # the largest magnitude
@@ -112,16 +113,19 @@ def test_int_coder_weights_matches_reference_and_exp():
     assert ((approx - exact).abs() <= 5.5e-6 * exact + 2.5e-7).all()
 
 
-def test_int_rope_and_attention_match_reference():
-    gen = torch.Generator().manual_seed(1)
-    N, H, hd, S, L = 6, 2, 8, 3, 10
-    ctx = 16
+@pytest.mark.parametrize("hd, L", [(8, 10), (16, 37), (12, 21)])
+def test_int_rope_and_attention_match_reference(hd, L):
+    """Key counts below, at and above blocks of 8 (the AVX-512 path scores 8
+    keys at once); head_dim 12 is not a multiple of 8 (the scalar path)."""
+    gen = torch.Generator().manual_seed(hd)
+    N, H, S = 6, 2, 3
+    ctx = L
     angles = torch.arange(ctx, dtype=torch.float64)[:, None] * torch.rand(hd // 2, generator=gen, dtype=torch.float64)
     cos = torch.round(angles.cos() * 2 ** 30).to(torch.int32)
     sin = torch.round(angles.sin() * 2 ** 30).to(torch.int32)
     x = _ints(gen, (N, H, hd), -(1 << 25), 1 << 25)
     positions = _ints(gen, (N,), 0, L, torch.int64)
-    positions[0] = 0
+    positions[0], positions[1], positions[2] = 0, 7, L - 1
     assert ops.int_rope(x, cos, sin, positions).tolist() == ref.rope(x.tolist(), cos.tolist(), sin.tolist(),
                                                                     positions.tolist())
     q = _ints(gen, (N, H, hd), -(1 << 20), 1 << 20)
@@ -407,3 +411,29 @@ def test_gpu_compressed_dataset_decodes_on_cpu(tmp_path):
     docs = [json.loads(line)["text"].encode("utf-8", "surrogateescape")
             for line in Path(GPU_ARTIFACT, "docs.jsonl").read_text().splitlines()]
     assert restored(out) == docs
+
+
+def test_quantize_m1_command(tmp_path, float_m1, capsys):
+    """`ncx quantize-m1`: converts with calibration on the given documents,
+    reports both held-out bits/byte, writes a loadable integer checkpoint;
+    mistakes are one clear line."""
+    from test_jobs import ncx, write_jsonl
+
+    ckpt = tmp_path / "m1.safetensors"
+    save_m1(float_m1, str(ckpt))
+    docs = write_jsonl(tmp_path / "cal.jsonl", [b"calibration text, plain and simple. " * 8, bytes(range(256))])
+    assert ncx("quantize-m1", "--m1", ckpt, "--data", docs, "--heldout", docs, "--calibration-symbols", 1024,
+               "--smoothing", "none,0.5") == 0
+    out = capsys.readouterr().out
+    assert "held-out bits/byte: float M1" in out and "integer M1" in out
+    model, info = load_int_m1(str(tmp_path / "m1-int.safetensors"))
+    assert info["source_weights_hash"] == float_m1.weights_hash
+    assert [c[0] for c in info["calibration"]["candidates"]] == [None, 0.5]
+    assert "heldout_int_bits_per_byte" in info["summary"]
+
+    assert ncx("quantize-m1", "--m1", ckpt, "--smoothing", "2") == 2
+    assert "outside [0, 1]" in capsys.readouterr().err
+    assert ncx("quantize-m1", "--m1", tmp_path / "m1-int.safetensors", "--no-eval") == 2
+    assert "an integer M1 checkpoint, not a float one" in capsys.readouterr().err
+    assert ncx("quantize-m1", "--m1", tmp_path / "nope.safetensors") == 2
+    assert "no such M1 checkpoint" in capsys.readouterr().err

@@ -22,45 +22,72 @@ namespace {
 using at::Tensor;
 using namespace intm1;
 
+int32_t dot_sum_i8(const int8_t* w, int64_t K) {
+  int32_t s = 0;
+  for (int64_t k = 0; k < K; ++k) s += w[k];
+  return s;
+}
+
 uint32_t row_amax(const int32_t* x, int64_t K) {
   uint32_t m = 0;
   for (int64_t k = 0; k < K; ++k) m = std::max(m, magnitude(x[k]));
   return m;
 }
 
-// Rows are quantized to int8 a block at a time and each weight row is read
-// once per block, which keeps the weights in cache across the block's rows.
-constexpr int64_t kRowBlock = 8;
-
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-// VNNI multiplies unsigned by signed bytes, so the block's int8 rows are
-// stored offset by 128 (as uint8) and 128 * sum_k w[k] is subtracted again:
+// VNNI multiplies unsigned by signed bytes, so a row's int8 values are stored
+// offset by 128 (as uint8) and 128 * sum_k w[d, k] is subtracted again:
 // sum (q + 128) w - 128 sum w = sum q w, an identity on integers, so the
-// result is dot_i8's. Rows are padded to a multiple of 64 bytes; the weight
-// row's tail is loaded masked (zeros), so padding contributes nothing.
+// result is dot_i8's. Rows are padded to a multiple of 64 bytes; weight rows
+// are loaded masked at their tail (zeros), so padding contributes nothing.
 constexpr bool kVnni = true;
 constexpr int kQOffset = 128;
 
-void dot_block(const uint8_t* q, int64_t stride, const int8_t* w, int64_t K, int32_t* acc) {
-  __m512i a[kRowBlock];
-  for (auto& v : a) v = _mm512_setzero_si512();
-  __m512i wsum = _mm512_setzero_si512();
-  const __m512i ones = _mm512_set1_epi8(1);
-  for (int64_t k = 0; k < K; k += 64) {
-    const __mmask64 m = K - k >= 64 ? ~__mmask64(0) : ((__mmask64(1) << (K - k)) - 1);
-    const __m512i wv = _mm512_maskz_loadu_epi8(m, w + k);
-    wsum = _mm512_dpbusd_epi32(wsum, ones, wv);
-    for (int64_t r = 0; r < kRowBlock; ++r) a[r] = _mm512_dpbusd_epi32(a[r], _mm512_loadu_si512(q + r * stride + k), wv);
+// The 16 lane sums of 16 vectors, in one vector (lane c = sum of a[c]): a
+// tree of unpacks and 128-bit lane shuffles instead of 16 separate
+// reductions, which would cost more than the dot products for small K.
+__m512i sum16(const __m512i* a) {
+  __m512i b[8], c[4];
+  for (int i = 0; i < 8; ++i)
+    b[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]),
+                            _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // 128-bit lane l of c[i]: partial sums of a[4i..4i+3]
+    c[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(b[2 * i], b[2 * i + 1]),
+                            _mm512_unpackhi_epi64(b[2 * i], b[2 * i + 1]));
+  const __m512i d0 = _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xDD));
+  const __m512i d1 = _mm512_add_epi32(_mm512_shuffle_i32x4(c[2], c[3], 0x88), _mm512_shuffle_i32x4(c[2], c[3], 0xDD));
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(d0, d1, 0x88), _mm512_shuffle_i32x4(d0, d1, 0xDD));
+}
+
+__mmask64 tail_mask(int64_t left) { return left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1); }
+
+// acc[d] = sum_k q[k] w[d, k] for every channel d, q stored offset by 128;
+// offset[d] = 128 * sum_k w[d, k].
+void row_dots(const uint8_t* q, const int8_t* w, int64_t K, int64_t D, const int32_t* offset, int32_t* acc) {
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    __m512i a[16];
+    for (auto& v : a) v = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64) {
+      const __mmask64 m = tail_mask(K - k);
+      const __m512i x = _mm512_loadu_si512(q + k);
+      for (int c = 0; c < 16; ++c) a[c] = _mm512_dpbusd_epi32(a[c], x, _mm512_maskz_loadu_epi8(m, w + (d + c) * K + k));
+    }
+    _mm512_storeu_si512(acc + d, _mm512_sub_epi32(sum16(a), _mm512_loadu_si512(offset + d)));
   }
-  const int32_t ws = _mm512_reduce_add_epi32(wsum);
-  for (int64_t r = 0; r < kRowBlock; ++r) acc[r] = _mm512_reduce_add_epi32(a[r]) - kQOffset * ws;
+  for (; d < D; ++d) {
+    __m512i a = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64)
+      a = _mm512_dpbusd_epi32(a, _mm512_loadu_si512(q + k), _mm512_maskz_loadu_epi8(tail_mask(K - k), w + d * K + k));
+    acc[d] = _mm512_reduce_add_epi32(a) - offset[d];
+  }
 }
 #else
 constexpr bool kVnni = false;
 constexpr int kQOffset = 0;
 
-void dot_block(const uint8_t* q, int64_t stride, const int8_t* w, int64_t K, int32_t* acc) {
-  for (int64_t r = 0; r < kRowBlock; ++r) acc[r] = dot_i8(reinterpret_cast<const int8_t*>(q + r * stride), w, K);
+void row_dots(const uint8_t* q, const int8_t* w, int64_t K, int64_t D, const int32_t*, int32_t* acc) {
+  for (int64_t d = 0; d < D; ++d) acc[d] = dot_i8(reinterpret_cast<const int8_t*>(q), w + d * K, K);
 }
 #endif
 
@@ -77,22 +104,18 @@ Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor&
   const int32_t* mp = multiplier.data_ptr<int32_t>();
   const int32_t* sp = shift.data_ptr<int32_t>();
   int32_t* op = out.data_ptr<int32_t>();
-  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> q(kRowBlock * stride, uint8_t(kQOffset));  // unused rows/padding: any value
-    RowScale rs[kRowBlock];
-    int32_t acc[kRowBlock];
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t r0 = blk * kRowBlock, rows = std::min(kRowBlock, N - r0);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int32_t* xr = xp + (r0 + r) * K;
-        rs[r] = row_scale(row_amax(xr, K));
-        for (int64_t k = 0; k < K; ++k) q[r * stride + k] = uint8_t(quantize_activation(xr[k], rs[r]) + kQOffset);
-      }
-      for (int64_t d = 0; d < D; ++d) {
-        dot_block(q.data(), stride, wp + d * K, K, acc);
-        for (int64_t r = 0; r < rows; ++r) op[(r0 + r) * D + d] = dequantize(acc[r], rs[r], mp[d], sp[d]);
-      }
+  std::vector<int32_t> offset(D, 0);
+  if (kVnni)
+    for (int64_t d = 0; d < D; ++d) offset[d] = kQOffset * dot_sum_i8(wp + d * K, K);
+  at::parallel_for(0, N, 4, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> q(stride, uint8_t(kQOffset));  // padding: any value (its weights are zero)
+    std::vector<int32_t> acc(D);
+    for (int64_t n = begin; n < end; ++n) {
+      const int32_t* xr = xp + n * K;
+      const RowScale rs = row_scale(row_amax(xr, K));
+      for (int64_t k = 0; k < K; ++k) q[k] = uint8_t(quantize_activation(xr[k], rs) + kQOffset);
+      row_dots(q.data(), wp, K, D, offset.data(), acc.data());
+      for (int64_t d = 0; d < D; ++d) op[n * D + d] = dequantize(acc[d], rs, mp[d], sp[d]);
     }
   });
   return out;
