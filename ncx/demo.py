@@ -123,6 +123,31 @@ def _m1(settings: DemoSettings, out: Path, m1_train, heldout, seed: int):
     return model, summary
 
 
+def _integer_twin(m1, m1_train, heldout, out: Path) -> dict:
+    """Convert M1 into its integer twin (ncx.int_m1), compare held-out bits/byte,
+    and check that EqualInfoAC[b=16] through the integer path decodes exactly
+    and gives the same bytes in another batch size."""
+    from .int_m1 import calibrate_smoothing, save_int_m1
+    from .methods import EqualInfoACMethod
+    from .train_m1 import heldout_bits_per_byte
+
+    twin = calibrate_smoothing(m1, m1_train, alphas=(None, 0.5), max_symbols=1 << 14, log=None)
+    save_int_m1(twin, str(out / "m1-int.safetensors"))
+    float_bpb, int_bpb = heldout_bits_per_byte(m1, heldout), heldout_bits_per_byte(twin, heldout)
+    sample = heldout[:16]
+    encoded = EqualInfoACMethod(twin.coder(), b=16, batch=64).encode_batch(sample)
+    again = EqualInfoACMethod(twin.coder(), b=16, batch=3).encode_batch(sample)
+    same = [e.tokens.tobytes() for e in encoded] == [e.tokens.tobytes() for e in again]
+    exact = EqualInfoACMethod(twin.coder(), b=16, batch=7).decode_batch(encoded) == sample
+    info = {"heldout_bits_per_byte": round(int_bpb, 4), "float_heldout_bits_per_byte": round(float_bpb, 4),
+            "smoothing": twin.calibration["smoothing"], "weights_hash": twin.weights_hash,
+            "equal_info_decode_ok": exact, "batch_independent": same, "checked_bytes": sum(map(len, sample))}
+    _log(f"[M1] integer twin: held-out {int_bpb:.4f} bits/byte (float {float_bpb:.4f}, "
+         f"{(int_bpb / float_bpb - 1) * 100:+.2f}%); EqualInfoAC[b=16] with it on {info['checked_bytes']:,} bytes: "
+         f"{'exact' if exact else 'NOT EXACT'}, {'same bytes' if same else 'DIFFERENT bytes'} at batch 64 and 3")
+    return info
+
+
 def run_demo(out: str | Path, settings: DemoSettings = FULL, seed: int = 0, m2_65k: bool = False,
              progress: bool = False) -> dict:
     """Run every step of the demo; returns the experiment's results with "m1", "samples" and
@@ -140,6 +165,7 @@ def run_demo(out: str | Path, settings: DemoSettings = FULL, seed: int = 0, m2_6
          f"cut at {settings.chunk_bytes} bytes")
 
     m1, m1_summary = _m1(settings, out, m1_train, heldout, seed)
+    integer_twin = _integer_twin(m1, m1_train, heldout, out)
     methods = demo_methods(settings)
     results = run_experiment(
         methods, [settings.m2_size], train, heldout, m1, out, settings.m2_steps,
@@ -158,7 +184,8 @@ def run_demo(out: str | Path, settings: DemoSettings = FULL, seed: int = 0, m2_6
 
     results["m1"] = {**(results["m1"] or {}), "preset": settings.m1_preset,
                      "heldout_bits_per_byte": m1_summary.get("heldout_bits_per_byte"),
-                     "steps": m1_summary.get("steps"), "train_seconds": m1_summary.get("seconds")}
+                     "steps": m1_summary.get("steps"), "train_seconds": m1_summary.get("seconds"),
+                     "integer_twin": integer_twin}
     results["samples"] = [{"prompt": s["prompt_text"].decode("utf-8", "replace"),
                            "text": s["text"].decode("utf-8", "replace")} for s in samples]
     results["settings"] = dataclasses.asdict(settings)
@@ -169,7 +196,9 @@ def run_demo(out: str | Path, settings: DemoSettings = FULL, seed: int = 0, m2_6
     _log(results_table(results))
     _log("")
     _log(f"M1 '{settings.m1_preset}': held-out {results['m1']['heldout_bits_per_byte']} bits/byte, "
-         f"{results['m1']['flops_per_byte'] / 1e6:.2f} MFLOPs/byte")
+         f"{results['m1']['flops_per_byte'] / 1e6:.2f} MFLOPs/byte; integer twin (decodes on any device) "
+         f"{integer_twin['heldout_bits_per_byte']} bits/byte, EqualInfoAC check "
+         f"{'ok' if integer_twin['equal_info_decode_ok'] and integer_twin['batch_independent'] else 'FAILED'}")
     _log("decode check (held-out documents decoded back exactly):")
     for m in results["methods"]:
         _log(f"  {m['name']}: {'ok' if m['decode_ok'] else 'FAILED: ' + str(m['decode_problem'])}")

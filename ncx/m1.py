@@ -534,6 +534,9 @@ def load_m1(path: str, device: str | torch.device = "cpu") -> tuple[M1, dict]:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise ValueError(f"{path}: not a safetensors file ({e})") from None
+    if metadata.get("format") == "ncx-m1-int":
+        raise ValueError(f"{path}: an integer M1 checkpoint, not a float one (load it with "
+                         f"ncx.int_m1.load_int_m1, or ncx.m1.load_m1_coder for coding)")
     if metadata.get("format") != _FORMAT or "config" not in metadata:
         raise ValueError(f"{path}: not an M1 checkpoint (no {_FORMAT} metadata)")
     if metadata.get("format_version") != _FORMAT_VERSION:

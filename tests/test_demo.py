@@ -37,7 +37,11 @@ def test_quick_demo_end_to_end(tmp_path):
     trained = [r for r in results["runs"] if r["bits_per_byte"] is not None]
     assert len(trained) == len(EXPECTED) - 1  # v=65k is compressed and checked, not trained, by default
     assert all(r["flops_per_byte"] > 0 and r["tokens_per_second"] > 0 for r in trained)
-    for name in ("results.md", "results.png", "samples.txt", "m1.safetensors"):
+    twin = results["m1"]["integer_twin"]
+    assert twin["equal_info_decode_ok"] and twin["batch_independent"]
+    assert abs(twin["heldout_bits_per_byte"] / twin["float_heldout_bits_per_byte"] - 1) < 0.02
+    assert "[M1] integer twin: held-out" in proc.stdout
+    for name in ("results.md", "results.png", "samples.txt", "m1.safetensors", "m1-int.safetensors"):
         assert (out / name).stat().st_size > 0
     assert [parse_method(m).label for m in demo_methods(QUICK)] == [m["method_request"] for m in results["methods"]]
     assert seconds < 240, f"the quick demo took {seconds:.0f} s"

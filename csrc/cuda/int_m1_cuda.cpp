@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../ops_common.h"
+#include "dispatch_common.h"
 #include "int_m1_kernels.h"
 
 namespace ncx {
@@ -15,19 +16,12 @@ namespace {
 
 using at::Tensor;
 
-void check_cuda(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
-}
-
 // Index range [0, limit) that no value can satisfy: the only check left from
 // the CPU's check_index_range that needs no values (clamping needs limit >= 1).
 void check_index_limit(const Tensor& t, int64_t limit, const char* name) {
   TORCH_CHECK(t.numel() == 0 || limit > 0, name, " must lie in [0, ", limit, "), which is empty");
 }
 
-cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
-
-void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
 Tensor int_linear_cuda(const Tensor& x_in, const Tensor& weight_in, const Tensor& multiplier_in,
                        const Tensor& shift_in) {

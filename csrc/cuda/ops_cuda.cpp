@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../ops_common.h"
+#include "dispatch_common.h"
 #include "kernels.h"
 
 namespace ncx {
@@ -18,13 +19,6 @@ cuda::DistArg dist_arg(const Tensor& dist, int64_t stride_b, int64_t stride_t) {
   return cuda::DistArg{dist.data_ptr(), dist.scalar_type() == at::kBFloat16, stride_b, stride_t, dist.size(-1)};
 }
 
-void check_cuda(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
-}
-
-cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
-
-void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
 Tensor scratch_for(const Tensor& dist, int64_t B, int64_t V) {
   return at::empty({B, V + 1}, dist.options().dtype(at::kInt));
