@@ -180,7 +180,8 @@ struct QuantParams {
   uint64_t scale;   // multiplier for q_i
   int shift;        // quant_shift(P)
   uint32_t rem;     // extra mass for the argmax symbol
-  int32_t argmax;   // first index of the largest weight
+  int32_t argmax;   // first index of the largest weight (V when not computed)
+  uint32_t q_max;   // the largest q_i
 };
 
 NCX_HD int quant_shift(int precision) { return 54 - precision; }
@@ -255,7 +256,7 @@ NCX_HD int32_t scan_row(const T* row, int64_t V, bool logits, uint32_t* max_w, f
 // Step 2 over a row: q[0..V), their sum and the first index of the largest
 // weight (the first with q == q_max, as weight_to_fixed is monotone: a
 // min-reduction, so the loops vectorize).
-template <typename Sum, typename T>
+template <typename Sum, bool kArgmax = true, typename T>
 NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w, float max_logit, uint32_t* q,
                            int32_t* argmax_out) {
   // weight_to_fixed(w, max_w) = floor(w * 2^(149 - e)), e = max_w's exponent
@@ -271,8 +272,10 @@ NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w,
   auto accumulate = [&](int32_t i, uint32_t qi) {
     q[i] = qi;
     q_sum += qi;
-    int32_t c = qi == q_max ? i : int32_t(V);
-    argmax = c < argmax ? c : argmax;
+    if (kArgmax) {
+      int32_t c = qi == q_max ? i : int32_t(V);
+      argmax = c < argmax ? c : argmax;
+    }
   };
   if (e_max >= 23) {
     const float scale = bits_to_float((149u - e_max + 127u) << 23);
@@ -297,19 +300,21 @@ NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w,
 
 // Steps 1-3 over one row: fills q[0..V) with the fixed-point weights and
 // returns the params, or a status.
-template <typename T>
+template <bool kArgmax = true, typename T>
 NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool logits, uint32_t* q,
                                     QuantParams* out) {
   uint32_t max_w = 0;
   float max_logit = 0.0f;
   int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
   if (st != kOk) return st;
-  int32_t argmax;
+  int32_t argmax = int32_t(V);
   // q < 2^23, so for V <= 512 the sum fits 32 bits: the loops then run at
   // full vector width (a 64-bit sum halves it).
-  const uint64_t q_sum = V <= 512 ? fixed_point_row<uint32_t>(row, V, logits, max_w, max_logit, q, &argmax)
-                                  : fixed_point_row<uint64_t>(row, V, logits, max_w, max_logit, q, &argmax);
+  const uint64_t q_sum =
+      V <= 512 ? fixed_point_row<uint32_t, kArgmax>(row, V, logits, max_w, max_logit, q, &argmax)
+               : fixed_point_row<uint64_t, kArgmax>(row, V, logits, max_w, max_logit, q, &argmax);
   out->argmax = argmax;
+  out->q_max = weight_to_fixed(max_w, max_w);
   out->scale = quant_scale(q_sum, precision, V);
   out->shift = quant_shift(precision);
   return kOk;
@@ -356,14 +361,20 @@ template <typename T>
 NCX_HD int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s, uint32_t* q,
                                    uint32_t* cum, uint32_t* freq) {
   QuantParams qp;
-  int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
+  // The remainder goes to the first index of the largest weight; encoding
+  // only needs to know whether that index is below, at or above s, which the
+  // pass over [0, s) finds on the way (cheaper than tracking the index).
+  int32_t st = quantize_row_prepare<false>(row, V, precision, logits, q, &qp);
   if (st != kOk) return st;
+  uint32_t max_below = 0;
+  for (int64_t i = 0; i < s; ++i) max_below = q[i] > max_below ? q[i] : max_below;
   uint32_t below = sum_f(q, qp, 0, s);
   uint32_t f_s = fixed_to_f(q[s], qp.scale, qp.shift);
   uint32_t above = sum_f(q, qp, s + 1, V);
   uint32_t rem = free_mass(precision, V) - (below + f_s + above);
-  *cum = uint32_t(s) + below + (qp.argmax < s ? rem : 0u);
-  *freq = 1u + f_s + (qp.argmax == s ? rem : 0u);
+  const bool argmax_below = max_below == qp.q_max, argmax_at = !argmax_below && q[s] == qp.q_max;
+  *cum = uint32_t(s) + below + (argmax_below ? rem : 0u);
+  *freq = 1u + f_s + (argmax_at ? rem : 0u);
   return kOk;
 }
 
