@@ -44,9 +44,9 @@ fi
 stamp "integer vs float M1 coding (same text, CUDA then CPU)"
 trained=""
 [ -f runs/m1-small-27min.safetensors ] && trained="--m1 runs/m1-small-27min.safetensors"
-$PY bench/int_m1_throughput.py $trained --device cuda --no-bpb --json "$LOG/int_m1_cuda.json" \
+$PY bench/int_m1_throughput.py $trained --device cuda --no-bpb --bytes 16384 --json "$LOG/int_m1_cuda.json" \
   > "$LOG/int_m1.log" 2>&1
-$PY bench/int_m1_throughput.py $trained --device cpu --threads 16 --no-bpb --json "$LOG/int_m1_cpu.json" \
+$PY bench/int_m1_throughput.py $trained --device cpu --threads 16 --no-bpb --bytes 16384 --json "$LOG/int_m1_cpu.json" \
   >> "$LOG/int_m1.log" 2>&1
 int_rc=$?
 
