@@ -317,8 +317,8 @@ def _convert(model: M1, head: torch.Tensor) -> dict[str, torch.Tensor]:
 def quantize_m1(model: M1, smoothing: float | None = None, stats: dict[str, torch.Tensor] | None = None) -> IntM1:
     """The integer twin of a float M1 (on the CPU). smoothing: SmoothQuant
     strength alpha in [0, 1], which needs the per-channel activation maxima
-    `stats` of _input_amax; None converts the weights as they are."""
-    model = model.float()
+    `stats` of _input_amax; None converts the weights as they are. The
+    model itself is left as it is (device, dtype, weights)."""
     if smoothing is None:
         tensors = _convert(model, model.wte.weight)
     else:
@@ -342,7 +342,7 @@ def calibrate_smoothing(model: M1, docs: Sequence[bytes], alphas: Sequence[float
     from .corpus import corpus_hash
     from .train_m1 import heldout_bits_per_byte
 
-    model = model.float().cpu().eval()
+    model = copy.deepcopy(model).float().cpu().eval()  # the caller's model keeps its device and mode
     stats = _input_amax(model, docs, max_symbols)
     results, best = [], None
     for alpha in alphas:

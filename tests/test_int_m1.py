@@ -267,7 +267,11 @@ def test_conversion_keeps_bits_per_byte(float_m1, int_m1):
 
 def test_calibration_and_finetune(float_m1):
     docs = [b"the quick brown fox jumps over the lazy dog. " * 12, bytes(range(256)) * 3]
+    before = float_m1.weights_hash
+    float_m1.train()
     chosen = calibrate_smoothing(float_m1, docs, alphas=(None, 0.5), max_symbols=2048, log=None)
+    assert float_m1.training and float_m1.weights_hash == before  # the caller's model is untouched
+    float_m1.eval()
     cal = chosen.calibration
     assert [c[0] for c in cal["candidates"]] == [None, 0.5]
     assert cal["smoothing"] == min(cal["candidates"], key=lambda c: c[1])[0]
