@@ -23,21 +23,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from methods_table import pieces, throughput  # noqa: E402
+from methods_table import pieces, take, throughput  # noqa: E402
 
 from ncx import corpus, m1, methods  # noqa: E402
 from ncx.int_m1 import load_int_m1, quantize_m1  # noqa: E402
 from ncx.train_m1 import heldout_bits_per_byte  # noqa: E402
-
-
-def take(docs: list[bytes], budget: int) -> list[bytes]:
-    cut, total = [], 0
-    for d in docs:
-        if total >= budget:
-            break
-        cut.append(d)
-        total += len(d)
-    return cut
 
 
 def main(argv=None) -> int:

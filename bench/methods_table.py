@@ -52,6 +52,17 @@ def pieces(docs: list[bytes], size: int) -> list[bytes]:
     return [d[i:i + size] for d in docs for i in range(0, max(len(d), 1), size)]
 
 
+def take(docs: list[bytes], budget: int) -> list[bytes]:
+    """The first documents, until their bytes reach budget."""
+    cut, total = [], 0
+    for d in docs:
+        if total >= budget:
+            break
+        cut.append(d)
+        total += len(d)
+    return cut
+
+
 def whole_file_bits_per_byte(text: bytes) -> dict:
     out = {"gzip -9": 8 * len(zlib.compress(text, 9)) / len(text),
            "xz -9": 8 * len(lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)) / len(text)}
@@ -267,12 +278,7 @@ def measure_throughput(args, heldout, info, coder) -> dict:
         if key not in wanted:
             continue
         c = make()
-        cut, total = [], 0
-        for d in tdocs:
-            if total >= budget:
-                break
-            cut.append(d)
-            total += len(d)
+        cut = take(tdocs, budget)
         for label, factory in (("AC", lambda tm: methods.ACMethod(tm, batch=256)),
                                ("EqualInfoAC b=16", lambda tm: methods.EqualInfoACMethod(tm, b=16, batch=256))):
             r = throughput(factory, c, cut)

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from . import ops
-from .m1 import BOS, VOCAB_SIZE, KVCacheCoder, M1, M1Config, weights_hash
+from .m1 import INT_FORMAT, VOCAB_SIZE, KVCacheCoder, M1, M1Config, read_checkpoint, weights_hash, write_checkpoint
 
 __all__ = [
     "IntM1",
@@ -56,7 +56,6 @@ __all__ = [
     "INT_FORMAT",
 ]
 
-INT_FORMAT = "ncx-m1-int"
 _FORMAT_VERSION = "1"
 ACT_FRAC = 16  # activations are int32 in Q16 (csrc/core/int_m1.h, kFrac)
 ROPE_FRAC = 30
@@ -153,8 +152,7 @@ class IntM1:
         for i in range(c.n_layer):
             p = f"layers.{i}."
             qkv = self._linear(p + "qkv", ops.int_rms_norm(x, t[p + "norm1"])).view(N, 3, H, hd)
-            q = ops.int_rope(qkv[:, 0].contiguous(), cos, sin, positions)
-            k = ops.int_rope(qkv[:, 1].contiguous(), cos, sin, positions)
+            q, k = ops.int_rope(qkv[:, :2].reshape(N, 2 * H, hd), cos, sin, positions).view(N, 2, H, hd).unbind(1)
             k_cache[i][streams, :, positions] = k
             v_cache[i][streams, :, positions] = qkv[:, 2].clamp(-QKV_LIMIT, QKV_LIMIT)
             a = ops.int_attention(q, k_cache[i], v_cache[i], streams, positions)  # (N, H, hd)
@@ -424,18 +422,9 @@ def save_int_m1(model: IntM1, path: str, summary: dict | None = None) -> str:
     """Write an integer M1 to a safetensors file (atomically). Metadata: the
     format, the config, the integer weights' hash, the float source's hash,
     the calibration record and an optional summary. Returns the weights hash."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.tensors.items()}
-    digest = weights_hash(state)
-    metadata = {"format": INT_FORMAT, "format_version": _FORMAT_VERSION, "config": model.config.to_json(),
-                "weights_sha256": digest, "source_weights_sha256": model.source_hash or "",
-                "calibration": json.dumps(model.calibration, sort_keys=True),
-                "summary": json.dumps(summary or {}, sort_keys=True)}
-    tmp = f"{path}.tmp{os.getpid()}"
-    save_file(state, tmp, metadata=metadata)
-    os.replace(tmp, path)
-    return digest
+    return write_checkpoint(model.tensors, path, INT_FORMAT, _FORMAT_VERSION, model.config, summary,
+                            source_weights_sha256=model.source_hash or "",
+                            calibration=json.dumps(model.calibration, sort_keys=True))
 
 
 def _expected_shapes(config: M1Config) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -459,26 +448,7 @@ def load_int_m1(path: str, device: str | torch.device = "cpu") -> tuple[IntM1, d
     "weights_hash", "source_weights_hash", "calibration" and "summary".
     Raises FileNotFoundError if path is missing, ValueError if it is not an
     integer M1 checkpoint, is corrupt, or its tensors do not fit its config."""
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such M1 checkpoint")
-    try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
-    if metadata.get("format") != INT_FORMAT or "config" not in metadata:
-        raise ValueError(f"{path}: not an integer M1 checkpoint (no {INT_FORMAT} metadata)")
-    if metadata.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"{path}: integer M1 format {metadata.get('format_version')!r}, "
-                         f"this ncx reads {_FORMAT_VERSION!r}")
-    config = M1Config.from_json(metadata["config"])
-    digest = weights_hash(state)
-    if digest != metadata.get("weights_sha256"):
-        raise ValueError(f"{path}: weights hash {digest[:16]}... does not match the recorded "
-                         f"{str(metadata.get('weights_sha256'))[:16]}...: the file is corrupt")
+    metadata, state, config, digest = read_checkpoint(path, INT_FORMAT, _FORMAT_VERSION)
     expected = _expected_shapes(config)
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

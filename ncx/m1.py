@@ -489,6 +489,7 @@ class M1Coder(KVCacheCoder):
 # ------------------------------------------------------------ checkpoints
 _FORMAT = "ncx-m1"
 _FORMAT_VERSION = "1"
+INT_FORMAT = "ncx-m1-int"  # integer M1 checkpoints (ncx.int_m1)
 
 
 def weights_hash(model_or_state: nn.Module | dict) -> str:
@@ -503,50 +504,76 @@ def weights_hash(model_or_state: nn.Module | dict) -> str:
     return h.hexdigest()
 
 
-def save_m1(model: M1, path: str, summary: dict | None = None) -> str:
-    """Write model to a safetensors file (atomically: a temporary name, then a
-    rename). Metadata: the config (JSON), the weights hash and an optional
-    JSON-serializable training summary. Returns the weights hash."""
+def write_checkpoint(state: dict[str, torch.Tensor], path: str, fmt: str, version: str, config: M1Config,
+                     summary: dict | None = None, **extra: str) -> str:
+    """Write tensors to a safetensors checkpoint atomically (a temporary
+    name, then a rename) with metadata: the format and its version, the
+    config (JSON), the weights' sha256, the JSON summary and the extra string
+    fields. Returns the weights hash."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     digest = weights_hash(state)
-    metadata = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "config": model.config.to_json(),
-                "weights_sha256": digest, "summary": json.dumps(summary or {}, sort_keys=True)}
+    metadata = {"format": fmt, "format_version": version, "config": config.to_json(), "weights_sha256": digest,
+                "summary": json.dumps(summary or {}, sort_keys=True), **extra}
     tmp = f"{path}.tmp{os.getpid()}"
     save_file(state, tmp, metadata=metadata)
     os.replace(tmp, path)
     return digest
 
 
-def load_m1(path: str, device: str | torch.device = "cpu") -> tuple[M1, dict]:
-    """Read an M1 checkpoint -> (model in eval mode, info) where info holds
-    "config" (M1Config), "weights_hash" and "summary" (dict). Raises
-    FileNotFoundError if path is missing, ValueError if it is not an M1
-    safetensors checkpoint or its weights do not match their recorded hash."""
+def save_m1(model: M1, path: str, summary: dict | None = None) -> str:
+    """Write model to a safetensors file (atomically). Metadata: the config
+    (JSON), the weights hash and an optional JSON-serializable training
+    summary. Returns the weights hash."""
+    return write_checkpoint(model.state_dict(), path, _FORMAT, _FORMAT_VERSION, model.config, summary)
+
+
+_CHECKPOINT_KINDS = {_FORMAT: "a float M1 checkpoint", INT_FORMAT: "an integer M1 checkpoint"}
+
+
+def _open_checkpoint(path: str, with_tensors: bool) -> tuple[dict, dict]:
+    """(metadata, tensors) of a safetensors file (tensors empty unless asked)."""
     from safetensors import safe_open
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such M1 checkpoint")
     try:
         with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise ValueError(f"{path}: not a safetensors file ({e})") from None
-    if metadata.get("format") == "ncx-m1-int":
-        raise ValueError(f"{path}: an integer M1 checkpoint, not a float one (load it with "
-                         f"ncx.int_m1.load_int_m1, or ncx.m1.load_m1_coder for coding)")
-    if metadata.get("format") != _FORMAT or "config" not in metadata:
-        raise ValueError(f"{path}: not an M1 checkpoint (no {_FORMAT} metadata)")
-    if metadata.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"{path}: M1 checkpoint format {metadata.get('format_version')!r}, "
-                         f"this ncx reads {_FORMAT_VERSION!r}")
-    config = M1Config.from_json(metadata["config"])
+
+
+def read_checkpoint(path: str, fmt: str, version: str) -> tuple[dict, dict, M1Config, str]:
+    """Open an M1 checkpoint of format fmt (float "ncx-m1" or integer
+    "ncx-m1-int") and check it: format, format version, and the weights
+    against their recorded sha256. Returns (metadata, tensors, config,
+    weights hash). FileNotFoundError if missing; ValueError, naming the
+    problem, for anything else."""
+    metadata, state = _open_checkpoint(path, with_tensors=True)
+    found = metadata.get("format")
+    if found != fmt or "config" not in metadata:
+        if found in _CHECKPOINT_KINDS:
+            raise ValueError(f"{path}: {_CHECKPOINT_KINDS[found]}, not {_CHECKPOINT_KINDS[fmt]} "
+                             f"(ncx.m1.load_m1_coder loads either kind for coding)")
+        raise ValueError(f"{path}: not an M1 checkpoint (no {fmt} metadata)")
+    if metadata.get("format_version") != version:
+        raise ValueError(f"{path}: {_CHECKPOINT_KINDS[fmt]} of format version "
+                         f"{metadata.get('format_version')!r}; this ncx reads {version!r}")
     digest = weights_hash(state)
     if digest != metadata.get("weights_sha256"):
         raise ValueError(f"{path}: weights hash {digest[:16]}... does not match the recorded "
                          f"{str(metadata.get('weights_sha256'))[:16]}...: the file is corrupt")
+    return metadata, state, M1Config.from_json(metadata["config"]), digest
+
+
+def load_m1(path: str, device: str | torch.device = "cpu") -> tuple[M1, dict]:
+    """Read an M1 checkpoint -> (model in eval mode, info) where info holds
+    "config" (M1Config), "weights_hash" and "summary" (dict). Raises
+    FileNotFoundError if path is missing, ValueError if it is not a float M1
+    safetensors checkpoint or its weights do not match their recorded hash."""
+    metadata, state, config, digest = read_checkpoint(path, _FORMAT, _FORMAT_VERSION)
     model = M1(config)
     try:
         model.load_state_dict(state)
@@ -560,15 +587,7 @@ def load_m1(path: str, device: str | torch.device = "cpu") -> tuple[M1, dict]:
 def checkpoint_format(path: str) -> str:
     """The "format" recorded in a checkpoint's metadata ("ncx-m1" for a float
     M1, "ncx-m1-int" for an integer one), read without loading the weights."""
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such M1 checkpoint")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return (f.metadata() or {}).get("format", "")
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+    return _open_checkpoint(path, with_tensors=False)[0].get("format", "")
 
 
 def load_m1_coder(path: str, device: str | torch.device = "cpu"):
@@ -577,7 +596,7 @@ def load_m1_coder(path: str, device: str | torch.device = "cpu"):
     (ncx.int_m1). info as load_m1 / load_int_m1 give it, plus "arithmetic"
     ("float" or "integer"). Coding uses the integer path whenever the
     checkpoint is integer."""
-    from .int_m1 import INT_FORMAT, load_int_m1
+    from .int_m1 import load_int_m1
 
     if checkpoint_format(path) == INT_FORMAT:
         model, info = load_int_m1(path, device)

@@ -300,7 +300,7 @@ def test_checkpoint_round_trip_and_dispatch(tmp_path, float_m1, int_m1):
     fpath = str(tmp_path / "float.safetensors")
     save_m1(float_m1, fpath)
     assert load_m1_coder(fpath)[0].arithmetic == "float"
-    with pytest.raises(ValueError, match="not an integer M1 checkpoint"):
+    with pytest.raises(ValueError, match="a float M1 checkpoint, not an integer M1 checkpoint"):
         load_int_m1(fpath)
     with pytest.raises(FileNotFoundError):
         load_m1_coder(str(tmp_path / "missing.safetensors"))
@@ -438,6 +438,6 @@ def test_quantize_m1_command(tmp_path, float_m1, capsys):
     assert ncx("quantize-m1", "--m1", ckpt, "--smoothing", "2") == 2
     assert "outside [0, 1]" in capsys.readouterr().err
     assert ncx("quantize-m1", "--m1", tmp_path / "m1-int.safetensors", "--no-eval") == 2
-    assert "an integer M1 checkpoint, not a float one" in capsys.readouterr().err
+    assert "an integer M1 checkpoint, not a float M1 checkpoint" in capsys.readouterr().err
     assert ncx("quantize-m1", "--m1", tmp_path / "nope.safetensors") == 2
     assert "no such M1 checkpoint" in capsys.readouterr().err
