@@ -7,7 +7,10 @@ is one native op over all B streams: no Python loop per stream.
 
 Compatibility policy: the bitstream a given (distributions, precision) pair
 produces is part of ncx's format; it does not change without a format
-version bump (FORMAT_VERSION below and in each artifact's header).
+version bump (FORMAT_VERSION below and in each artifact's header). Equal-Info
+windows have their own version, WINDOW_RULE, recorded in every EqualInfoAC
+method spec (datasets, M2 checkpoints): rule 2 added the window order of
+csrc/core/coder.h, so windows of rule 1 no longer decode.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from . import ops
 
 __all__ = [
     "FORMAT_VERSION",
+    "WINDOW_RULE",
     "StreamEncoder",
     "StreamDecoder",
     "WindowEncoder",
@@ -31,6 +35,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+WINDOW_RULE = 2
 _ops = torch.ops.ncx
 
 
@@ -123,8 +128,10 @@ class WindowStep:
 
 class WindowEncoder:
     """Equal-Info windows: B streams, each cut into windows of budget_bits bits
-    that decode on their own (DESIGN.md). At a window boundary both the coder
-    and the model's context reset.
+    that decode on their own (DESIGN.md; the rule, with the per-position
+    window order that keeps its give-back low, is described at the top of
+    csrc/core/coder.h). At a window boundary both the coder and the model's
+    context reset.
 
     max_symbols caps a window's length (M1's context length): a window that
     reaches it closes and decodes by count.

@@ -35,6 +35,7 @@ import torch
 
 from . import m1 as m1_module
 from . import ops
+from .coder import WINDOW_RULE
 from .model_coding import EncodedWindows, decode_streams, decode_windows, encode_streams, encode_windows
 
 __all__ = [
@@ -524,7 +525,7 @@ class EqualInfoACMethod(_M1Method):
 
     def spec(self) -> dict:
         return {"kind": "equal_info_ac", "b": self.b, "v": self.vocab_size, "precision": self.precision,
-                **self._m1_spec()}
+                "window_rule": WINDOW_RULE, **self._m1_spec()}
 
     def _encode_docs(self, docs):
         windows = encode_windows(docs, self.coder, self.b, self.precision, m1_module.EOS, self.batch)
@@ -588,5 +589,10 @@ def method_from_spec(spec: dict, m1_coder=None) -> Method:
                              f"{m1_coder.weights_hash[:16]}...")
         if kind == "ac":
             return ACMethod(m1_coder, spec["v"], spec["precision"])
+        rule = spec.get("window_rule", 1)  # specs from before the field were rule 1
+        if rule != WINDOW_RULE:
+            raise ValueError(f"these Equal-Info windows follow window rule {rule}, this ncx decodes rule "
+                             f"{WINDOW_RULE} only (ncx.coder.WINDOW_RULE): compress the source text again with "
+                             f"this ncx, or decode with the ncx that wrote it")
         return EqualInfoACMethod(m1_coder, spec["b"], spec["v"], spec["precision"])
     raise ValueError(f"unknown method spec kind {kind!r}")

@@ -12,6 +12,7 @@ shortest terminating code then need no special handling.
 Contents:
   exp_ncx, quantize_row, quantize       the quantizer (probabilities or logits)
   StreamEncoderRef, stream_decode       the stream range coder
+  window_order                          the window's per-position symbol order
   WindowEncoderRef, window_decode       Equal-Info windows (greedy + straddle +
                                         back-off + exception)
 """
@@ -286,6 +287,38 @@ def straddling_cell(low: int, rng: int, n: int, budget_bits: int, cdf, precision
     return None
 
 
+def _cells_inside(low: int, rng: int, n: int, budget_bits: int) -> int:
+    """How many whole cells the interval [low, low + rng) holds."""
+    lo, r, u = _cells(low, rng, n, budget_bits)
+    return max(0, (lo + r) // u - -(-lo // u))
+
+
+def window_order(low: int, rng: int, n: int, budget_bits: int, cdf, precision: int) -> tuple[list[int], list[int]]:
+    """The order of a window position's sub-intervals (coder.h, "window symbol
+    order"): the most probable symbol m (lowest index among equal frequencies;
+    never the last symbol) is moved either to the front or to just before the
+    last symbol. Preferred: the placement under which a whole cell of the
+    interval straddles a boundary; then the one whose m sub-interval holds more
+    whole cells; then the front. Returns (order, cdf of the order), order[j]
+    being the symbol at position j."""
+    cdf = [int(c) for c in cdf]
+    V = len(cdf) - 1
+    freq = [cdf[s + 1] - cdf[s] for s in range(V)]
+    m = max(range(V - 1), key=lambda s: (freq[s], -s))
+    rest = [s for s in range(V - 1) if s != m]
+    best = None
+    for order in ([m] + rest + [V - 1], rest + [m, V - 1]):
+        ocdf = [0]
+        for s in order:
+            ocdf.append(ocdf[-1] + freq[s])
+        straddle = straddling_cell(low, rng, n, budget_bits, ocdf, precision) is not None
+        off, width = split(rng, ocdf, order.index(m), precision)
+        key = (straddle, _cells_inside(low + off, width, n, budget_bits))
+        if best is None or key > best[0]:
+            best = (key, order, ocdf)
+    return best[1], best[2]
+
+
 @dataclass
 class WindowClose:
     code: int          # the b-bit cell value
@@ -308,20 +341,21 @@ class WindowEncoderRef:
         self.count = 0
         self.best = None  # (count, cell) of the longest prefix with a straddling cell
 
-    def _narrowed(self, cdf, s):
-        off, width = split(self.range, cdf, s, self.P)
+    def _narrowed(self, cdf, j):
+        off, width = split(self.range, cdf, j, self.P)
         low, rng, n = self.low + off, width, self.n
         while rng < RANGE_BOTTOM:
             low, rng, n = low << 8, rng << 8, n + 1
         return low, rng, n
 
     def step(self, cdf, symbol: int) -> WindowClose | None:
+        order, ocdf = window_order(self.low, self.range, self.n, self.b, cdf, self.P)
         if self.count >= 1:
-            cell = straddling_cell(self.low, self.range, self.n, self.b, cdf, self.P)
+            cell = straddling_cell(self.low, self.range, self.n, self.b, ocdf, self.P)
             if cell is not None:
                 self.best = (self.count, cell)
         if self.count < self.max_symbols:
-            low, rng, n = self._narrowed(cdf, symbol)
+            low, rng, n = self._narrowed(ocdf, order.index(symbol))
             if lowest_cell(low, rng, n, self.b) is not None:  # greedy: still holds a whole cell
                 self.low, self.range, self.n = low, rng, n
                 self.count += 1
@@ -358,14 +392,15 @@ def window_decode(code: int, budget_bits: int, precision: int, next_cdf, max_sym
         cell = code * u
         if not lo <= cell < lo + r:
             break
-        cdf = next_cdf(out)
-        s = symbol_at(rng, cdf, (cell - lo) // mul, precision)
-        off, width = split(rng, cdf, s, precision)
+        order, ocdf = window_order(low, rng, n, budget_bits, next_cdf(out), precision)
+        j = symbol_at(rng, ocdf, (cell - lo) // mul, precision)
+        off, width = split(rng, ocdf, j, precision)
         if not (lo + off * mul <= cell and cell + u <= lo + (off + width) * mul):
             break  # the cell straddles a boundary: the window ended
         low, rng = low + off, width
         while rng < RANGE_BOTTOM:
             low, rng, n = low << 8, rng << 8, n + 1
+        s = order[j]
         out.append(s)
         if s == eos:
             break

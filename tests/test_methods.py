@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ncx import corpus, m1, methods
+from ncx.coder import WINDOW_RULE
 
 EOS = m1.EOS
 
@@ -97,6 +98,17 @@ def test_spec_rebuilds_the_same_method(coder, train_docs):
         assert twin.name == method.name
         assert twin.decode_batch(enc) == docs
         assert [e.tokens.tolist() for e in twin.encode_batch(docs)] == [e.tokens.tolist() for e in enc]
+
+
+def test_windows_of_another_window_rule_are_a_clear_error(coder):
+    """Equal-Info windows written under the rule before the window order (specs
+    without window_rule, or rule 1) would decode to other bytes: refused."""
+    spec = methods.EqualInfoACMethod(coder, b=16).spec()
+    assert spec["window_rule"] == WINDOW_RULE
+    old = {k: v for k, v in spec.items() if k != "window_rule"}
+    for stale in (old, {**spec, "window_rule": 1}):
+        with pytest.raises(ValueError, match="window rule 1, this ncx decodes rule 2"):
+            methods.method_from_spec(stale, coder)
 
 
 def test_another_m1_is_a_clear_error(coder):

@@ -393,12 +393,10 @@ std::tuple<Tensor, Tensor, Tensor> window_decode_step_cpu(Tensor& state, const T
           continue;
         }
         if (!window_decoder_valid(*d)) { status.data_ptr<int32_t>()[b] = kErrState; continue; }
-        uint32_t target = window_decode_target(*d, int(budget_bits), int(precision)), cum, freq;
-        int64_t s;
-        int32_t st = quantize_row_find(base + b * sb, V, int(precision), logits, target, scratch.q.data(), &s, &cum,
-                                       &freq);
+        int32_t st = quantize_row_cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
         if (st != kOk) { status.data_ptr<int32_t>()[b] = st; continue; }
-        if (window_decode_consume(d, cum, freq, int(precision), int(budget_bits))) {
+        int64_t s;
+        if (window_decode_symbol(d, scratch.cdf.data(), V, int(precision), int(budget_bits), &s)) {
           symbols.data_ptr<int64_t>()[b] = s;
           if (s == eos) d->done = 1;
         } else {

@@ -399,9 +399,8 @@ __global__ void window_decode_step_kernel(int64_t* state, DistArg d, int64_t B, 
       q.write_cdf(cdf);
       __syncwarp();
       if (lane == 0) {
-        uint32_t target = window_decode_target(*dec, budget_bits, precision);
-        int64_t s = cdf_search(cdf, d.V, target);
-        if (window_decode_consume(dec, cdf[s], cdf[s + 1] - cdf[s], precision, budget_bits)) sym = s;
+        int64_t s;
+        if (window_decode_symbol(dec, cdf, d.V, precision, budget_bits, &s)) sym = s;
         else end = true;
       }
     }
