@@ -238,7 +238,12 @@ def _reusable(found: dict, heldout_docs, m1_coder, log) -> tuple[Method, str | N
     the files are intact and the held-out data decodes with this ncx; else None (recompress)."""
     if not all(found.values()):
         return None
-    method = method_from_spec(found["train"].method, m1_coder)
+    try:
+        method = method_from_spec(found["train"].method, m1_coder)
+    except ValueError as e:  # e.g. Equal-Info windows of an older window rule
+        log(f"[compress] {found['train'].method.get('kind')}: stored dataset was made by another ncx ({e}): "
+            f"compressing again")
+        return None
     try:
         for ds in found.values():
             ds.verify()

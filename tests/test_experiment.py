@@ -154,6 +154,24 @@ def test_damaged_or_stale_datasets_are_compressed_again(tmp_path, docs, monkeypa
     assert "FAILED" in (tmp_path / "results.md").read_text()
 
 
+def test_windows_of_an_older_window_rule_are_compressed_again(tmp_path, docs, tiny_m1):
+    """Equal-Info datasets written under window rule 1 (before the window order) are not
+    reused: this ncx cannot decode them, so they are compressed again."""
+    methods = ["equal_info_ac[b=16,v=256]"]
+    run_experiment(methods, ["nano"], *docs, tiny_m1, tmp_path, 2, compress_only=methods, **SMALL_M2)
+    for split in ("train", "heldout"):
+        path = tmp_path / "data" / "equal_info_ac-b16-v256" / split / "manifest.json"
+        manifest = json.loads(path.read_text())
+        del manifest["method"]["window_rule"]
+        path.write_text(json.dumps(manifest))
+    logs = []
+    results = run_experiment(methods, ["nano"], *docs, tiny_m1, tmp_path, 2, compress_only=methods,
+                             **{**SMALL_M2, "log": logs.append})
+    assert any("made by another ncx" in m and "window rule 1" in m for m in logs)
+    assert results["all_decoded"] and not results["methods"][0]["reused"]
+    assert open_dataset(results["methods"][0]["heldout_dir"]).method["window_rule"] == 2
+
+
 def test_m1_methods_and_65k_tokens_from_the_256_bit_streams(tmp_path, docs, tiny_m1):
     """EqualInfoAC and StaticAC at v=65k are derived from their v=256 bit streams: the result
     equals coding with the v=65k method directly, decodes exactly, and FLOPs/byte adds M1's

@@ -245,10 +245,14 @@ NCX_HD void window_narrow(WindowInterval* w, uint32_t cum, uint32_t freq, int pr
 // be told apart), then the one whose m sub-interval holds more whole cells
 // (so that the likely next symbol keeps the window going); ties go first.
 // Widths do not change, so neither do code lengths: only the alignment of
-// the sub-intervals against the b-bit cell grid moves. With a fixed order the
-// rule gave back 0.7-1.1% of greedy capacity on held-out text with the
-// trained M1; with this choice 0.25-0.37%, in 1.2-1.5% fewer windows
-// (bench/RESULTS.md, "Equal-Info window order").
+// the sub-intervals against the b-bit cell grid moves. Why it helps: the rule
+// gives symbols back when every whole cell of the final interval lies inside
+// one next-position sub-interval, mostly that of a likely symbol that did not
+// come; at either end of the interval, that sub-interval can leave a partial
+// cell's worth of room or more for the boundary to fall inside a whole cell.
+// With the fixed CDF order, b=16 gave back 0.76% of greedy capacity on the
+// held-out corpus with the trained M1; with this choice 0.30%, in 0.7% fewer
+// windows (bench/RESULTS.md, "Equal-Info rule vs greedy packing").
 struct WindowOrder {
   const uint32_t* cdf;  // the CDF in symbol order, [V + 1]
   int64_t V;
@@ -331,11 +335,20 @@ NCX_HD uint64_t window_cells_in(const WindowInterval& w, int budget_bits, uint64
 // the straddle check's result under the chosen order.
 NCX_HD WindowOrder window_order(const WindowInterval& w, const uint32_t* cdf, int64_t V, int precision,
                                 int budget_bits, bool* straddle, uint64_t* cell_offset) {
-  WindowOrder o{cdf, V, 0, cdf[1] - cdf[0], true};
-  for (int64_t s = 1; s < V - 1; ++s) {
+  // m in two reductions that vectorize: the largest frequency, then the
+  // smallest index that has it.
+  uint32_t fm = 0;
+  for (int64_t s = 0; s < V - 1; ++s) {
     uint32_t f = cdf[s + 1] - cdf[s];
-    if (f > o.fm) { o.m = s; o.fm = f; }
+    fm = f > fm ? f : fm;
   }
+  uint32_t first = uint32_t(V);
+  for (int64_t s = 0; s < V - 1; ++s) {
+    uint32_t i = cdf[s + 1] - cdf[s] == fm ? uint32_t(s) : uint32_t(V);
+    first = i < first ? i : first;
+  }
+  int64_t m = first;
+  WindowOrder o{cdf, V, m, fm, true};
   uint64_t r = w.range >> precision;
   uint64_t off_front = 0, off_back = 0;
   bool st_front = window_find_straddle(w, budget_bits, o, precision, &off_front);
