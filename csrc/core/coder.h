@@ -332,12 +332,11 @@ NCX_HD uint64_t window_cells_in(const WindowInterval& w, int budget_bits, uint64
   return width < gap ? 0 : (width - gap) >> d;
 }
 
-// The order of this position (see above). *straddle and *cell_offset give
-// the straddle check's result under the chosen order.
-NCX_HD WindowOrder window_order(const WindowInterval& w, const uint32_t* cdf, int64_t V, int precision,
-                                int budget_bits, bool* straddle, uint64_t* cell_offset) {
-  // m in two reductions that vectorize: the largest frequency, then the
-  // smallest index that has it.
+// The moved symbol of a CDF (see above), with m at the front. The CUDA
+// kernels find it with warp reductions instead, the same integers.
+NCX_HD WindowOrder window_candidate(const uint32_t* cdf, int64_t V) {
+  // Two reductions that vectorize: the largest frequency, then the smallest
+  // index that has it.
   uint32_t fm = 0;
   for (int64_t s = 0; s < V - 1; ++s) {
     uint32_t f = cdf[s + 1] - cdf[s];
@@ -348,8 +347,16 @@ NCX_HD WindowOrder window_order(const WindowInterval& w, const uint32_t* cdf, in
     uint32_t i = cdf[s + 1] - cdf[s] == fm ? uint32_t(s) : uint32_t(V);
     first = i < first ? i : first;
   }
-  int64_t m = first;
-  WindowOrder o{cdf, V, m, fm, true};
+  return WindowOrder{cdf, V, int64_t(first), fm, true};
+}
+
+// The order of this position (see above), from its candidate. *straddle and
+// *cell_offset give the straddle check's result under the chosen order.
+NCX_HD WindowOrder window_order(const WindowInterval& w, const WindowOrder& candidate, int precision,
+                                int budget_bits, bool* straddle, uint64_t* cell_offset) {
+  WindowOrder o = candidate;
+  o.front = true;
+  const int64_t V = o.V;
   uint64_t r = w.range >> precision;
   uint64_t off_front = 0, off_back = 0;
   bool st_front = window_find_straddle(w, budget_bits, o, precision, &off_front);
@@ -422,12 +429,12 @@ struct WindowClose {
 // the current interval need all of it).
 // max_symbols caps a window's length (M1's context): a window closed by the
 // cap needs no straddle, the decoder stops by count.
-NCX_HD int32_t window_encode(WindowEncoder* e, const uint32_t* cdf, int64_t V, int64_t symbol,
+NCX_HD int32_t window_encode(WindowEncoder* e, const WindowOrder& candidate, int64_t symbol,
                              int precision, int budget_bits, int32_t max_symbols,
                              WindowClose* close) {
   uint64_t off = 0;  // set by window_order / window_has_cell whenever it is read
   bool straddle;
-  WindowOrder order = window_order(e->iv, cdf, V, precision, budget_bits, &straddle, &off);
+  WindowOrder order = window_order(e->iv, candidate, precision, budget_bits, &straddle, &off);
   if (e->count >= 1 && straddle) {
     e->good_count = e->count;
     e->good_value = window_cell_value(e->prefix, e->iv, budget_bits, off);
@@ -437,8 +444,8 @@ NCX_HD int32_t window_encode(WindowEncoder* e, const uint32_t* cdf, int64_t V, i
     bool carry;
     uint64_t shifted;
     int nshifted;
-    window_narrow(&next, order_cum(order, order_position(order, symbol)), cdf[symbol + 1] - cdf[symbol],
-                  precision, &carry, &shifted, &nshifted);
+    window_narrow(&next, order_cum(order, order_position(order, symbol)),
+                  order.cdf[symbol + 1] - order.cdf[symbol], precision, &carry, &shifted, &nshifted);
     uint64_t first;
     if (window_has_cell(next, budget_bits, &first)) {
       U128 p = carry ? u128_add64(e->prefix, 1) : e->prefix;
@@ -551,11 +558,11 @@ NCX_HD bool window_decode_consume(WindowDecoder* d, uint32_t cum, uint32_t freq,
 // One decoding step given the full CDF of the window's next position (in
 // symbol order): the symbol whose sub-interval, in the window order, holds
 // the whole cell, or false when none does (the window has ended).
-NCX_HD bool window_decode_symbol(WindowDecoder* d, const uint32_t* cdf, int64_t V, int precision,
+NCX_HD bool window_decode_symbol(WindowDecoder* d, const WindowOrder& candidate, int precision,
                                  int budget_bits, int64_t* symbol) {
   bool straddle;
   uint64_t unused;
-  WindowOrder o = window_order(d->iv, cdf, V, precision, budget_bits, &straddle, &unused);
+  WindowOrder o = window_order(d->iv, candidate, precision, budget_bits, &straddle, &unused);
   int64_t j = order_search(o, window_decode_target(*d, budget_bits, precision));
   uint32_t cum = order_cum(o, j);
   if (!window_decode_consume(d, cum, order_cum(o, j + 1) - cum, precision, budget_bits)) return false;

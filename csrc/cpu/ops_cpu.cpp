@@ -296,7 +296,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
         st = quantize_row_cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
         if (st != kOk) continue;
         WindowClose close;
-        int32_t ev = window_encode(e, scratch.cdf.data(), V, sym,
+        int32_t ev = window_encode(e, window_candidate(scratch.cdf.data(), V), sym,
                                    int(precision), int(budget_bits), int32_t(max_symbols), &close);
         event.data_ptr<int32_t>()[b] = ev;
         if (ev != kWindowAccepted) {
@@ -396,7 +396,8 @@ std::tuple<Tensor, Tensor, Tensor> window_decode_step_cpu(Tensor& state, const T
         int32_t st = quantize_row_cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
         if (st != kOk) { status.data_ptr<int32_t>()[b] = st; continue; }
         int64_t s;
-        if (window_decode_symbol(d, scratch.cdf.data(), V, int(precision), int(budget_bits), &s)) {
+        if (window_decode_symbol(d, window_candidate(scratch.cdf.data(), V), int(precision), int(budget_bits),
+                                 &s)) {
           symbols.data_ptr<int64_t>()[b] = s;
           if (s == eos) d->done = 1;
         } else {

@@ -305,6 +305,23 @@ __global__ void stream_decode_step_kernel(int64_t* state, const uint8_t* data, i
   }
 }
 
+// The window order's candidate (coder.h window_candidate) by the whole warp:
+// the largest frequency among all but the last symbol, then its first index.
+__device__ WindowOrder warp_window_candidate(const uint32_t* cdf, int64_t V) {
+  int lane = threadIdx.x & 31;
+  uint32_t fm = 0;
+  for (int64_t s = lane; s < V - 1; s += 32) fm = max(fm, cdf[s + 1] - cdf[s]);
+  fm = warp_max(fm);
+  int32_t first = INT32_MAX;
+  for (int64_t s = lane; s < V - 1; s += 32) {
+    if (cdf[s + 1] - cdf[s] == fm) {
+      first = int32_t(s);
+      break;
+    }
+  }
+  return WindowOrder{cdf, V, int64_t(warp_min(first)), fm, true};
+}
+
 __device__ void store_code(uint8_t* c, int nb, U128 v) {
   for (int i = 0; i < nb; ++i) c[i] = uint8_t(u128_shr(v, 8 * (nb - 1 - i)).lo);
 }
@@ -334,8 +351,9 @@ __global__ void window_encode_step_kernel(int64_t* state, DistArg d, int64_t B, 
       uint32_t* cdf = scratch + b * (d.V + 1);
       q.write_cdf(cdf);
       __syncwarp();
+      WindowOrder candidate = warp_window_candidate(cdf, d.V);
       if (lane == 0)
-        ev = window_encode(state_at<WindowEncoder>(state, b), cdf, d.V, sym, precision, budget_bits, max_symbols,
+        ev = window_encode(state_at<WindowEncoder>(state, b), candidate, sym, precision, budget_bits, max_symbols,
                            &close);
     }
   }
@@ -398,9 +416,10 @@ __global__ void window_decode_step_kernel(int64_t* state, DistArg d, int64_t B, 
       uint32_t* cdf = scratch + b * (d.V + 1);
       q.write_cdf(cdf);
       __syncwarp();
+      WindowOrder candidate = warp_window_candidate(cdf, d.V);
       if (lane == 0) {
         int64_t s;
-        if (window_decode_symbol(dec, cdf, d.V, precision, budget_bits, &s)) sym = s;
+        if (window_decode_symbol(dec, candidate, precision, budget_bits, &s)) sym = s;
         else end = true;
       }
     }
