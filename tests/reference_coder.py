@@ -295,25 +295,28 @@ def _cells_inside(low: int, rng: int, n: int, budget_bits: int) -> int:
 
 def window_order(low: int, rng: int, n: int, budget_bits: int, cdf, precision: int) -> tuple[list[int], list[int]]:
     """The order of a window position's sub-intervals (coder.h, "window symbol
-    order"): the most probable symbol m (lowest index among equal frequencies;
-    never the last symbol) is moved either to the front or to just before the
-    last symbol. Preferred: the placement under which a whole cell of the
-    interval straddles a boundary; then the one whose m sub-interval holds more
-    whole cells; then the front. Returns (order, cdf of the order), order[j]
-    being the symbol at position j."""
+    order"). The most probable symbol m (lowest index among equal frequencies;
+    never the last symbol) goes to the front, to just before the last symbol,
+    or stays: of these three placements (ties: that order), the best has
+    (m's sub-interval holds a whole cell, a whole cell straddles a boundary,
+    whole cells in m's sub-interval) when p(m) >= 0.9, else (a whole cell
+    straddles, whole cells in m's sub-interval). Returns (order, cdf of the
+    order), order[j] being the symbol at position j."""
     cdf = [int(c) for c in cdf]
     V = len(cdf) - 1
     freq = [cdf[s + 1] - cdf[s] for s in range(V)]
     m = max(range(V - 1), key=lambda s: (freq[s], -s))
     rest = [s for s in range(V - 1) if s != m]
+    bet = 10 * freq[m] >= 9 * (1 << precision)
     best = None
-    for order in ([m] + rest + [V - 1], rest + [m, V - 1]):
+    for order in ([m] + rest + [V - 1], rest + [m, V - 1], list(range(V))):
         ocdf = [0]
         for s in order:
             ocdf.append(ocdf[-1] + freq[s])
         straddle = straddling_cell(low, rng, n, budget_bits, ocdf, precision) is not None
         off, width = split(rng, ocdf, order.index(m), precision)
-        key = (straddle, _cells_inside(low + off, width, n, budget_bits))
+        cells = _cells_inside(low + off, width, n, budget_bits)
+        key = (cells > 0, straddle, cells) if bet else (straddle, cells)
         if best is None or key > best[0]:
             best = (key, order, ocdf)
     return best[1], best[2]

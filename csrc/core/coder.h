@@ -238,48 +238,55 @@ NCX_HD void window_narrow(WindowInterval* w, uint32_t cum, uint32_t freq, int pr
 
 // ------------------------------------------------------ window symbol order
 // Inside a window, each position's partition lists the symbols in CDF order,
-// except the most probable one m (the first of the largest frequencies among
-// all but the last symbol, which keeps the range's remainder), which goes
-// either first or just before the last symbol. Both sides choose from what
-// the decoder knows, the interval and the CDF: first the placement that
-// leaves a whole cell straddling a boundary (so that a window ending here can
-// be told apart), then the one whose m sub-interval holds more whole cells
-// (so that the likely next symbol keeps the window going); ties go first.
-// Widths do not change, so neither do code lengths: only the alignment of
-// the sub-intervals against the b-bit cell grid moves. Why it helps: the rule
-// gives symbols back when every whole cell of the final interval lies inside
-// one next-position sub-interval, mostly that of a likely symbol that did not
-// come. Of its two placements, one usually puts the other symbols' boundaries
-// inside a whole cell instead of in the partial cells at the interval's ends.
-// With the fixed CDF order, b=16 gave back 0.76% of greedy capacity on the
-// held-out corpus with the trained M1; with this choice 0.30%, in 0.7% fewer
-// windows (bench/RESULTS.md, "Equal-Info rule vs greedy packing").
+// except that the most probable one m (the first of the largest frequencies
+// among all but the last symbol, which keeps the range's remainder) may move
+// first or just before the last symbol. Three placements compete: front,
+// back, natural (m where it is); both sides choose from what the decoder
+// knows, the interval and the CDF, so they agree. For each placement:
+//   straddle: some whole b-bit cell of the interval straddles a boundary, so
+//             a window that ends here can be told apart from a longer one;
+//   cells:    the whole cells inside m's sub-interval, so that m, if it
+//             comes, keeps the window going.
+// When m is likely (p >= 0.9), the best placement has (cells > 0, straddle,
+// cells), else (straddle, cells), compared in that order; ties go to the
+// earlier placement. The two differ only when the interval holds one whole
+// cell: m's sub-interval either covers it (a bet on m: if another symbol
+// comes, the window ends without a straddle and gives symbols back) or a
+// boundary splits it (a safe end). Widths do not change, so neither do code
+// lengths: only the alignment of the sub-intervals against the cell grid
+// moves, which is also why greedy capacity changes. With the fixed CDF order
+// (window rule 1), b=16 gave back 0.76% of greedy capacity on the held-out
+// corpus with the trained M1 (bench/RESULTS.md, "Equal-Info rule vs greedy
+// packing", has the figures of this rule, rule 2, and the variants tried).
+enum WindowPlacement : int32_t { kPlaceFront = 0, kPlaceBack = 1, kPlaceNatural = 2 };
+
 struct WindowOrder {
   const uint32_t* cdf;  // the CDF in symbol order, [V + 1]
   int64_t V;
-  int64_t m;            // the moved symbol
+  int64_t m;            // the symbol that may move
   uint32_t fm;          // its frequency
-  bool front;           // m at position 0, else at position V - 2
+  int32_t place;        // kPlaceFront: m at position 0; kPlaceBack: at V - 2; kPlaceNatural: at m
 };
 
 // Cumulative frequency at the start of position j, 0 <= j <= V.
 NCX_HD uint32_t order_cum(const WindowOrder& o, int64_t j) {
-  if (o.front) {
+  if (o.place == kPlaceFront) {
     if (j == 0) return 0;
     return j <= o.m + 1 ? o.fm + o.cdf[j - 1] : o.cdf[j];
   }
-  return (j > o.m && j < o.V - 1) ? o.cdf[j + 1] - o.fm : o.cdf[j];
+  if (o.place == kPlaceBack && j > o.m && j < o.V - 1) return o.cdf[j + 1] - o.fm;
+  return o.cdf[j];
 }
 
 NCX_HD int64_t order_symbol(const WindowOrder& o, int64_t j) {
-  if (o.front) return j == 0 ? o.m : (j <= o.m ? j - 1 : j);
-  if (j < o.m || j == o.V - 1) return j;
+  if (o.place == kPlaceFront) return j == 0 ? o.m : (j <= o.m ? j - 1 : j);
+  if (o.place == kPlaceNatural || j < o.m || j == o.V - 1) return j;
   return j == o.V - 2 ? o.m : j + 1;
 }
 
 NCX_HD int64_t order_position(const WindowOrder& o, int64_t s) {
-  if (o.front) return s == o.m ? 0 : (s < o.m ? s + 1 : s);
-  if (s < o.m || s == o.V - 1) return s;
+  if (o.place == kPlaceFront) return s == o.m ? 0 : (s < o.m ? s + 1 : s);
+  if (o.place == kPlaceNatural || s < o.m || s == o.V - 1) return s;
   return s == o.m ? o.V - 2 : s - 1;
 }
 
@@ -332,7 +339,7 @@ NCX_HD uint64_t window_cells_in(const WindowInterval& w, int budget_bits, uint64
   return width < gap ? 0 : (width - gap) >> d;
 }
 
-// The moved symbol of a CDF (see above), with m at the front. The CUDA
+// The symbol that may move (see above), placed at the front. The CUDA
 // kernels find it with warp reductions instead, the same integers.
 NCX_HD WindowOrder window_candidate(const uint32_t* cdf, int64_t V) {
   // Two reductions that vectorize: the largest frequency, then the smallest
@@ -347,32 +354,45 @@ NCX_HD WindowOrder window_candidate(const uint32_t* cdf, int64_t V) {
     uint32_t i = cdf[s + 1] - cdf[s] == fm ? uint32_t(s) : uint32_t(V);
     first = i < first ? i : first;
   }
-  return WindowOrder{cdf, V, int64_t(first), fm, true};
+  return WindowOrder{cdf, V, int64_t(first), fm, kPlaceFront};
 }
 
 // The order of this position (see above), from its candidate. *straddle and
 // *cell_offset give the straddle check's result under the chosen order.
 NCX_HD WindowOrder window_order(const WindowInterval& w, const WindowOrder& candidate, int precision,
                                 int budget_bits, bool* straddle, uint64_t* cell_offset) {
-  WindowOrder o = candidate;
-  o.front = true;
-  const int64_t V = o.V;
-  uint64_t r = w.range >> precision;
-  uint64_t off_front = 0, off_back = 0;
-  bool st_front = window_find_straddle(w, budget_bits, o, precision, &off_front);
-  uint64_t cells_front = window_cells_in(w, budget_bits, 0, r * o.fm);
-  WindowOrder back = o;
-  back.front = false;
-  bool st_back = window_find_straddle(w, budget_bits, back, precision, &off_back);
-  uint64_t cells_back = window_cells_in(w, budget_bits, r * order_cum(back, V - 2), r * o.fm);
-  if (st_back != st_front ? st_back : cells_back > cells_front) {
-    *straddle = st_back;
-    *cell_offset = off_back;
-    return back;
+  // p(m) >= 0.9, exactly: 10 fm >= 9 * 2^P.
+  const bool bet = uint64_t(candidate.fm) * 10 >= (uint64_t(9) << precision);
+  const uint64_t r = w.range >> precision;
+  WindowOrder best = candidate;
+  bool best_st = false;
+  uint64_t best_cells = 0, best_off = 0;
+  for (int32_t place = kPlaceFront; place <= kPlaceNatural; ++place) {
+    WindowOrder o = candidate;
+    o.place = place;
+    uint64_t off = 0;
+    bool st = window_find_straddle(w, budget_bits, o, precision, &off);
+    uint64_t cells = window_cells_in(w, budget_bits, r * order_cum(o, order_position(o, o.m)), r * o.fm);
+    bool better;
+    if (place == kPlaceFront) {
+      better = true;
+    } else if (bet && (cells > 0) != (best_cells > 0)) {
+      better = cells > 0;
+    } else if (st != best_st) {
+      better = st;
+    } else {
+      better = cells > best_cells;
+    }
+    if (better) {
+      best = o;
+      best_st = st;
+      best_cells = cells;
+      best_off = off;
+    }
   }
-  *straddle = st_front;
-  *cell_offset = off_front;
-  return o;
+  *straddle = best_st;
+  *cell_offset = best_off;
+  return best;
 }
 
 // The b-bit value of the cell at `offset` from low, given the prefix bytes.

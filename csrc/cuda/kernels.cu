@@ -319,7 +319,7 @@ __device__ WindowOrder warp_window_candidate(const uint32_t* cdf, int64_t V) {
       break;
     }
   }
-  return WindowOrder{cdf, V, int64_t(warp_min(first)), fm, true};
+  return WindowOrder{cdf, V, int64_t(warp_min(first)), fm, kPlaceFront};
 }
 
 __device__ void store_code(uint8_t* c, int nb, U128 v) {
