@@ -178,14 +178,15 @@ def least_likely_model(V: int, H: int, seed: int, **kw) -> TableModel:
 def exception_model(precision: int, **kw) -> TableModel:
     """A constant 3-symbol distribution with frequencies [2^P - 2, 1, 1]
     (EOS = 2), for documents [1, 0 x m, 1, 0 x m, ...]. With b = 32, P = 24 a
-    window [1, 0 x m] has no straddling cell at any length under either
-    placement of the window order: the rare symbol 1 opens an interval that
-    sits 2^P coder units above a cell edge at the bottom and nearly a cell
-    below one at the top, and the small symbols' sub-intervals (r = 2^-P of
-    the interval each) fit inside those partial cells whichever end they
-    take, while each 0 shaves only 2r off the top. So every window but the
-    last is an exception (m < 2^15). With b = 16, P = 14 or b = 24, P = 20 the bottom margin is narrower than r and the rule gives symbols back
-    instead."""
+    window [1, 0 x m] has no straddling cell at any length under any
+    placement of the window order (coder.h): the rare symbol 1 opens an
+    interval that sits 2^P coder units above a cell edge at the bottom and
+    nearly a cell below one at the top; the small symbols' sub-intervals
+    (r = 2^-P of the interval each) fit inside those partial cells whichever
+    end they take, and each 0 shaves only 2r off the top. So every window but
+    the last is an exception (m < 2^15). With b = 16, P = 14 or b = 24,
+    P = 20 the bottom margin is narrower than r: the rule finds a straddle
+    and gives symbols back instead."""
     w = weights_for_frequencies(np.array([(1 << precision) - 2, 1, 1]), precision)
     return TableModel(torch.tensor(w).view(1, 3), name=f"exception(P={precision})", **kw)
 

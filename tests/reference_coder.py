@@ -289,8 +289,8 @@ def straddling_cell(low: int, rng: int, n: int, budget_bits: int, cdf, precision
 
 def _cells_inside(low: int, rng: int, n: int, budget_bits: int) -> int:
     """How many whole cells the interval [low, low + rng) holds."""
-    lo, r, u = _cells(low, rng, n, budget_bits)
-    return max(0, (lo + r) // u - -(-lo // u))
+    first, last, _, _ = whole_cells(low, rng, n, budget_bits)
+    return max(0, last - first + 1)
 
 
 def window_order(low: int, rng: int, n: int, budget_bits: int, cdf, precision: int) -> tuple[list[int], list[int]]:

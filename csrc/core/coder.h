@@ -444,9 +444,9 @@ struct WindowClose {
   int32_t given_back;   // trailing symbols the next window must take again
 };
 
-// Encodes one symbol into the window, or closes it. cdf is the full CDF of
-// this position in symbol order (the window order and the straddle check of
-// the current interval need all of it).
+// Encodes one symbol into the window, or closes it. candidate is this
+// position's window_candidate (over its full CDF in symbol order, which the
+// window order and the straddle check of the current interval need).
 // max_symbols caps a window's length (M1's context): a window closed by the
 // cap needs no straddle, the decoder stops by count.
 NCX_HD int32_t window_encode(WindowEncoder* e, const WindowOrder& candidate, int64_t symbol,

@@ -22,7 +22,6 @@ void check_index_limit(const Tensor& t, int64_t limit, const char* name) {
   TORCH_CHECK(t.numel() == 0 || limit > 0, name, " must lie in [0, ", limit, "), which is empty");
 }
 
-
 Tensor int_linear_cuda(const Tensor& x_in, const Tensor& weight_in, const Tensor& multiplier_in,
                        const Tensor& shift_in) {
   check_int_linear(x_in, weight_in, multiplier_in, shift_in);

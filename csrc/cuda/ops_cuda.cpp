@@ -19,7 +19,6 @@ cuda::DistArg dist_arg(const Tensor& dist, int64_t stride_b, int64_t stride_t) {
   return cuda::DistArg{dist.data_ptr(), dist.scalar_type() == at::kBFloat16, stride_b, stride_t, dist.size(-1)};
 }
 
-
 Tensor scratch_for(const Tensor& dist, int64_t B, int64_t V) {
   return at::empty({B, V + 1}, dist.options().dtype(at::kInt));
 }
@@ -44,7 +43,6 @@ std::tuple<Tensor, Tensor> quantize_cuda(const Tensor& dist_in, int64_t precisio
   check_launch();
   return {cdf, status};
 }
-
 
 std::tuple<Tensor, Tensor, Tensor> encode_cuda(const Tensor& dist, const Tensor& symbols_in, const Tensor& lengths_in,
                                               int64_t precision, bool logits, int64_t max_bytes) {
@@ -71,7 +69,6 @@ std::tuple<Tensor, Tensor, Tensor> encode_cuda(const Tensor& dist, const Tensor&
   check_launch();
   return {out, nbits, status};
 }
-
 
 std::tuple<Tensor, Tensor> decode_cuda(const Tensor& dist, const Tensor& data_in, const Tensor& nbits_in,
                                        const Tensor& lengths_in, int64_t precision, bool logits) {
