@@ -57,6 +57,18 @@ TORCH_LIBRARY(ncx, m) {
   m.def("int_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor streams, Tensor positions) -> Tensor");
   // Logits [N, V] (Q16) -> coder weights [N, V]: exp(l - max) in Q22, the largest exactly 2^22.
   m.def("int_coder_weights(Tensor logits) -> Tensor");
+
+  // Equal-Info windows as a vocabulary (csrc/core/window_vocab.h): code c's
+  // string is pool[offsets[c], offsets[c+1]) then EOS if eos[c]. Outputs are
+  // sized by the data (host ops, not for graphs).
+  // -> the longest-match trie, int64 [nodes, 8].
+  m.def("vocab_trie(Tensor pool, Tensor offsets, Tensor eos) -> Tensor");
+  // bytes uint8 [total], doc_offsets [D + 1] -> codes int32, window_offsets [D + 1], failed_at [D].
+  m.def("vocab_encode(Tensor trie, Tensor data, Tensor doc_offsets) -> (Tensor, Tensor, Tensor)");
+  // codes int32 [W], window_offsets [D + 1], caps int32 [W] or empty -> bytes, byte_offsets [D + 1], ended [D].
+  m.def(
+      "vocab_decode(Tensor pool, Tensor offsets, Tensor eos, Tensor codes, Tensor window_offsets, "
+      "Tensor caps) -> (Tensor, Tensor, Tensor)");
 }
 
 // Importing ncx._C registers the ops; the module itself only tells Python the

@@ -23,6 +23,7 @@ from .m1 import M1, load_m1_coder
 from .m2 import M2
 from .methods import Method, method_from_spec
 from .train_m2 import load_model
+from .window_vocab import dataset_vocab
 
 __all__ = ["method_of_dataset", "prompt_length", "dataset_prompts", "sample_texts", "format_sample",
            "add_arguments", "run"]
@@ -32,18 +33,20 @@ _M1_KINDS = ("ac", "equal_info_ac")
 
 def method_of_dataset(ds: TokenDataset | str | os.PathLike, m1: M1 | str | os.PathLike | None = None) -> Method:
     """The compression method recorded in a dataset's manifest, rebuilt; methods that code with
-    M1 need that M1 (a model or its checkpoint path; another M1 is a clear error)."""
+    M1 need that M1 (a model or its checkpoint path; another M1 is a clear error), unless the
+    dataset carries M1's window vocabulary, which decodes EqualInfoAC tokens alone."""
     ds = ds if isinstance(ds, TokenDataset) else open_dataset(ds)
     spec = ds.method
     if "kind" not in spec:
         raise ValueError(f"{ds.path}: the manifest's method {spec.get('name')!r} carries no method spec "
                          f"(a 'kind' field, as ncx experiment writes), so its tokens cannot be decoded")
     coder = None
-    if spec["kind"] in _M1_KINDS:
+    vocab = dataset_vocab(ds)
+    if spec["kind"] in _M1_KINDS and not (vocab is not None and m1 is None):
         if m1 is None:
             raise ValueError(f"{ds.path}: {spec.get('name', spec['kind'])} tokens decode with M1: pass --m1 CKPT")
         coder = m1.coder() if isinstance(m1, M1) else load_m1_coder(str(m1))[0]
-    return method_from_spec(spec, coder)
+    return method_from_spec(spec, coder, vocab=vocab)
 
 
 def prompt_length(method: Method) -> int:

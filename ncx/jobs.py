@@ -51,12 +51,14 @@ import numpy as np
 import torch
 
 from . import dataset as ds
+from .coder import WINDOW_RULE
 from .corpus import SPLITS, _files_under, corpus_hash, default_corpus, read_documents
 from .methods import METHOD_NAMES, Encoded, EqualInfoACMethod, Method, method_from_name, \
     method_from_spec
+from .window_vocab import VOCAB_FILE, WindowVocab, build_window_vocab, dataset_vocab, load_window_vocab
 
 __all__ = ["compress", "decompress", "inspect_dataset", "shard_ranges", "add_arguments", "run",
-           "JOB_FILE", "DOCUMENTS_FILE"]
+           "JOB_FILE", "DOCUMENTS_FILE", "ENGINES"]
 
 JOB_FILE = "job.json"
 DOCUMENTS_FILE = "documents.json"
@@ -76,6 +78,9 @@ _METHOD_PARAMS = {
     "equal_info_ac": ("b", "v"),
 }
 _PARAM_DEFAULTS = {"b": 16, "v": 256, "vocab_size": 8000}
+# EqualInfoAC's engines: "vocab" encodes by longest match over the window vocabulary built
+# from M1 (the default for b = 16), "m1" runs M1 in the loop (the reference; any b).
+ENGINES = ("vocab", "m1")
 _FLAG = {"b": "--b", "v": "--v", "vocab_size": "--vocab-size"}
 
 # Rank 0 waits at a barrier while the slowest rank finishes its shards, which with M1 on a
@@ -302,6 +307,7 @@ def compress(
     batch: int = 256,
     max_bytes: int | None = None,
     device: str | None = None,
+    engine: str | None = None,
     progress: bool = True,
 ) -> dict | None:
     """Compress documents into the token dataset `out` (see the module docstring); resume
@@ -311,6 +317,10 @@ def compress(
         and vocab_size (sentencepiece) default to 16, 256 and 8000; giving one the method
         does not take is an error.
     m1: M1 checkpoint, required by ac / equal_info_ac (and only accepted by them).
+    engine: equal_info_ac only: "vocab" (the default for b = 16) builds M1's window vocabulary
+        once (kept in `out` as window_vocab.safetensors, its sha256 in the manifest, so the
+        dataset decodes without M1) and encodes by longest match; "m1" codes with M1 in the
+        loop. Both give the same tokens.
     data: .txt/.jsonl(.gz) files or directories (corpus.read_documents, with text_field and
         lines); None: the embedded corpus's `split` (default train).
     fit_data / fit_split: what sentencepiece / static_ac are fitted on (default: the embedded
@@ -335,6 +345,7 @@ def compress(
         raise ValueError("--split picks a part of the embedded corpus: it does not apply with --data")
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
+    engine = _engine(method, params, engine)
 
     rank, world, own_group = _dist_setup()
     try:
@@ -375,6 +386,10 @@ def compress(
             if job["key"]["data"] != key["data"]:
                 raise ValueError(f"rank {rank} read other documents than rank 0")
         codec = method_from_spec(job["method"], m1_coder)
+        vocab = None
+        if engine == "vocab":
+            vocab = _job_vocab(out, m1_coder, codec, rank, world, progress)
+            codec = method_from_spec(job["method"], m1_coder, vocab=vocab)
 
         done = set(done)
         todo = [i for i in range(len(ranges)) if i % world == rank and i not in done]
@@ -398,6 +413,8 @@ def compress(
             "exceptions": sum(r.exceptions for r in records if r),
             "shard_rule": key["shards"],
             "fit_inputs": [ds._input_entry(x) for x in fit_inputs],
+            "engine": engine,
+            "window_vocab": {"file": VOCAB_FILE, "sha256": vocab.sha256} if vocab is not None else None,
         }
         return ds.finalize_manifest(out, method=job["method"], vocab_size=codec.vocab_size, num_shards=len(ranges),
                                     inputs=inputs, m1_hash=key["m1_hash"], extra=extra)
@@ -406,6 +423,41 @@ def compress(
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _engine(method: str, params: dict, engine: str | None) -> str | None:
+    """The engine of an equal_info_ac job (None for other methods), checked."""
+    if method != "equal_info_ac":
+        if engine is not None:
+            raise ValueError(f"--engine applies to method equal_info_ac only, not {method}")
+        return None
+    engine = engine or ("vocab" if params["b"] == 16 else "m1")
+    if engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "vocab" and params["b"] not in (16, 24):
+        raise ValueError(f"--engine vocab tabulates 2^b windows: b must be 16 or 24, got {params['b']}")
+    return engine
+
+
+def _job_vocab(out: Path, m1_coder, codec: EqualInfoACMethod, rank: int, world: int, progress: bool) -> WindowVocab:
+    """M1's window vocabulary for the job: the one in `out` when it fits (a restarted job),
+    else built (rank 0) and saved there; the other ranks read it."""
+    path = out / VOCAB_FILE
+    if rank == 0:
+        vocab = None
+        if path.exists():
+            try:
+                vocab = load_window_vocab(path)
+            except ValueError:
+                vocab = None  # a half-written or damaged cache: build it again
+            if vocab is not None and (vocab.m1_hash, vocab.b, vocab.precision, vocab.window_rule) != (
+                    m1_coder.weights_hash, codec.b, codec.precision, WINDOW_RULE):
+                vocab = None
+        if vocab is None:
+            vocab = build_window_vocab(m1_coder, codec.b, codec.precision, progress=progress)
+            vocab.save(path)
+    _barrier(world)
+    return vocab if rank == 0 else load_window_vocab(path)
 
 
 def _encode_shard(out: Path, shard: int, doc_range: tuple[int, int], docs: Sequence[bytes], method: Method,
@@ -457,7 +509,8 @@ def decompress(
     `out`: doc-NNNNNN.bin per document and documents.json (see the module docstring).
     Every document is checked against its recorded length and CRC-32, and with verify the
     shard files against their sha256 first. Datasets coded with M1 need the same M1
-    checkpoint (`m1`); another one is an error naming both hashes. Returns documents.json's
+    checkpoint (`m1`), unless they carry M1's window vocabulary (EqualInfoAC b=16, engine
+    vocab), which decodes them alone; another M1 is an error naming both hashes. Returns documents.json's
     content."""
     data = ds.open_dataset(path)
     kind = data.method.get("kind")
@@ -465,11 +518,13 @@ def decompress(
         raise ValueError(f"--m1 does not apply: {data.path} was coded with {data.method.get('name')}, "
                          f"which does not use M1")
     coder = _load_m1_coder(m1, device)[0] if m1 else None
+    vocab = dataset_vocab(data)
     coded_on = data.manifest.get("extra", {}).get("m1_device_type")
-    if coder is not None and coder.arithmetic == "float" and coded_on and torch.device(coder.device).type != coded_on:
+    if vocab is None and coder is not None and coder.arithmetic == "float" and coded_on and \
+            torch.device(coder.device).type != coded_on:
         raise ValueError(f"{data.path} was coded with M1 on {coded_on}; M1's float coding path is bit-exact only "
                          f"on the same kind of device: decode with --device {coded_on}")
-    method = method_from_spec(data.method, coder)
+    method = method_from_spec(data.method, coder, vocab=vocab)
     if method.vocab_size != data.vocab_size:
         raise ValueError(f"{data.path}: method {method.name} has vocabulary {method.vocab_size}, the dataset "
                          f"{data.vocab_size}")
@@ -545,6 +600,8 @@ def describe(data: ds.TokenDataset) -> str:
         *([f"M1 coded on  {extra.get('m1_device_type')}, {extra['m1_arithmetic']} arithmetic"
            + (" (decodes on any device)" if extra["m1_arithmetic"] == "integer" else " (decode on the same kind)")]
           if m.get("m1_hash") and extra.get("m1_arithmetic") else []),
+        *([f"vocabulary   {extra['window_vocab']['file']} (sha256 {extra['window_vocab']['sha256'][:16]}...; "
+           f"decodes without M1)"] if isinstance(extra.get("window_vocab"), dict) else []),
         f"ncx version  {m.get('ncx_version')}",
         f"documents    {len(data):,}",
         f"bytes        {data.total_bytes:,}",
@@ -581,6 +638,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                             help="token vocabulary of gzip, static_ac, ac, equal_info_ac (default 256)")
         parser.add_argument("--vocab-size", type=int, help="sentencepiece: vocabulary size (default 8000)")
         parser.add_argument("--m1", metavar="CKPT", help="M1 checkpoint (ac, equal_info_ac)")
+        parser.add_argument("--engine", choices=ENGINES,
+                            help="equal_info_ac: vocab (longest match over M1's window vocabulary, built once; "
+                                 "default for b=16) or m1 (M1 in the loop; default for larger b); same tokens")
         parser.add_argument("--data", nargs="+", metavar="PATH",
                             help=".txt/.jsonl files (optionally .gz) or directories; default: the embedded corpus")
         parser.add_argument("--split", choices=SPLITS, help="part of the embedded corpus to compress (default train)")
@@ -623,7 +683,7 @@ def run(args: argparse.Namespace) -> int:
             args.out, args.method, b=args.b, v=args.v, vocab_size=args.vocab_size, m1=args.m1, data=args.data,
             split=args.split, text_field=args.text_field, lines=args.lines, fit_data=args.fit_data,
             fit_split=args.fit_split, shard_docs=args.shard_docs, shard_bytes=args.shard_bytes, batch=args.batch,
-            max_bytes=args.max_bytes, device=args.device, progress=not args.no_progress)
+            max_bytes=args.max_bytes, device=args.device, engine=args.engine, progress=not args.no_progress)
         if manifest is not None:
             c = manifest["counts"]
             bpt = manifest["bytes_per_token"]

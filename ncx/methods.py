@@ -509,15 +509,38 @@ class ACMethod(_M1Method):
 
 class EqualInfoACMethod(_M1Method):
     """M1 + arithmetic coding in Equal-Info windows of b bits; every window
-    resets the coder and M1's context and decodes on its own."""
+    resets the coder and M1's context and decodes on its own.
 
-    def __init__(self, m1_coder, b: int = 16, v: int = 256, precision: int | None = None, batch: int = 256):
+    With a window vocabulary (ncx.window_vocab, b <= 24) it encodes by longest
+    match and decodes by lookup, with no M1 at all: the same tokens as M1's
+    window encoder (docs/window_vocab.md). A document the vocabulary cannot
+    encode (where M1 would emit an exception window) goes through M1 when one
+    is given, else is a VocabularyGap error; `vocab_fallbacks` counts them.
+    """
+
+    def __init__(self, m1_coder=None, b: int = 16, v: int = 256, precision: int | None = None, batch: int = 256,
+                 vocab=None):
         _check_v(v)
         if b not in (16, 24, 32, 64, 128):
             raise ValueError(f"b must be one of 16, 24, 32, 64, 128, got {b}")
         # P <= b - 2 so that any byte fits a window; the paper used 14 for b=16.
         super().__init__(m1_coder, precision if precision is not None else min(16, b - 2), batch)
         self.b, self.vocab_size = b, v
+        if m1_coder is None and vocab is None:
+            raise ValueError("EqualInfoAC codes with M1 or with its window vocabulary: give one")
+        if vocab is not None:
+            _check_vocab(vocab, b, self.precision, m1_coder)
+        self.vocab = vocab
+        self.vocab_fallbacks = 0
+
+    @property
+    def m1_hash(self) -> str:
+        return self.coder.weights_hash if self.coder is not None else self.vocab.m1_hash
+
+    def _m1_spec(self) -> dict:
+        if self.coder is not None:
+            return super()._m1_spec()
+        return {"m1": self.vocab.m1_hash, "m1_arithmetic": self.vocab.m1_arithmetic}
 
     @property
     def name(self) -> str:
@@ -527,11 +550,38 @@ class EqualInfoACMethod(_M1Method):
         return {"kind": "equal_info_ac", "b": self.b, "v": self.vocab_size, "precision": self.precision,
                 "window_rule": WINDOW_RULE, **self._m1_spec()}
 
+    def _codes_to_tokens(self, codes: np.ndarray) -> np.ndarray:
+        nb = self.b // 8
+        big_endian = codes.astype(">u4").view(np.uint8).reshape(-1, 4)[:, 4 - nb:]
+        return bytes_to_tokens(big_endian.tobytes(), self.vocab_size)
+
+    def _tokens_to_codes(self, tokens: np.ndarray) -> np.ndarray:
+        nb = self.b // 8
+        data = np.frombuffer(tokens_to_bytes(tokens, self.vocab_size), dtype=np.uint8)
+        n = len(data) // nb  # a trailing partial window is token padding
+        windows = data[: n * nb].reshape(n, nb).astype(np.int32)
+        return (windows << (8 * np.arange(nb - 1, -1, -1, dtype=np.int32))).sum(1, dtype=np.int32)
+
     def _encode_docs(self, docs):
+        if self.vocab is None:
+            return self._encode_with_m1(docs)
+        codes = self.vocab.encode(docs, strict=self.coder is None)
+        gaps = [i for i, c in enumerate(codes) if c is None]
+        out = [(self._codes_to_tokens(c), []) if c is not None else None for c in codes]
+        if gaps:
+            self.vocab_fallbacks += len(gaps)
+            for i, enc in zip(gaps, self._encode_with_m1([docs[i] for i in gaps])):
+                out[i] = enc
+        return out
+
+    def _encode_with_m1(self, docs):
         windows = encode_windows(docs, self.coder, self.b, self.precision, m1_module.EOS, self.batch)
         return [(bytes_to_tokens(w.codes.numpy().tobytes(), self.vocab_size), w.exceptions) for w in windows]
 
     def _decode_docs(self, encoded, lenient):
+        if self.vocab is not None:
+            return self.vocab.decode([self._tokens_to_codes(e.tokens) for e in encoded],
+                                     [e.exceptions for e in encoded])
         nb = self.b // 8
         windows = []
         for e in encoded:
@@ -542,6 +592,19 @@ class EqualInfoACMethod(_M1Method):
             windows.append(EncodedWindows(codes, torch.zeros(n, dtype=torch.int32), list(e.exceptions)))
         out = decode_windows(windows, self.coder, self.b, self.precision, m1_module.EOS, self.batch)
         return [_symbols_to_bytes(s) for s in out]
+
+
+def _check_vocab(vocab, b: int, precision: int, m1_coder) -> None:
+    """A window vocabulary fits EqualInfoAC[b, P] of this window rule (and of M1, if given)."""
+    if (vocab.b, vocab.precision) != (b, precision):
+        raise ValueError(f"the window vocabulary is for b={vocab.b}, P={vocab.precision}; the method is "
+                         f"b={b}, P={precision}")
+    if vocab.window_rule != WINDOW_RULE:
+        raise ValueError(f"the window vocabulary follows window rule {vocab.window_rule}, this ncx codes rule "
+                         f"{WINDOW_RULE}: build it again")
+    if m1_coder is not None and vocab.m1_hash != m1_coder.weights_hash:
+        raise ValueError(f"the window vocabulary was built from M1 {vocab.m1_hash[:16]}..., the given M1 is "
+                         f"{m1_coder.weights_hash[:16]}...")
 
 
 # ------------------------------------------------------------ by name
@@ -568,9 +631,10 @@ def method_from_name(name: str, train_docs: Sequence[bytes] | None = None, m1_co
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
 
 
-def method_from_spec(spec: dict, m1_coder=None) -> Method:
+def method_from_spec(spec: dict, m1_coder=None, vocab=None) -> Method:
     """Rebuild a method from its spec() (e.g. a dataset manifest). Methods that
-    code with M1 need the same M1: another one is a clear error."""
+    code with M1 need the same M1: another one is a clear error. EqualInfoAC
+    also rebuilds from its window vocabulary alone (vocab, built from that M1)."""
     kind = spec.get("kind")
     if kind == "bytes":
         return BytesMethod()
@@ -581,9 +645,12 @@ def method_from_spec(spec: dict, m1_coder=None) -> Method:
     if kind == "static_ac":
         return StaticACMethod(spec["counts"], spec["v"], spec["precision"])
     if kind in ("ac", "equal_info_ac"):
-        if m1_coder is None:
+        if kind == "equal_info_ac" and vocab is not None and vocab.m1_hash != spec["m1"]:
+            raise ValueError(f"wrong window vocabulary: the data was coded with M1 {spec['m1'][:16]}..., the "
+                             f"vocabulary was built from M1 {vocab.m1_hash[:16]}...")
+        if m1_coder is None and not (kind == "equal_info_ac" and vocab is not None):
             raise ValueError(f"this data was coded with M1 {spec['m1'][:16]}...: give that M1 checkpoint")
-        if m1_coder.weights_hash != spec["m1"]:
+        if m1_coder is not None and m1_coder.weights_hash != spec["m1"]:
             raise ValueError(f"wrong M1: the data was coded with the {spec.get('m1_arithmetic', 'float')} M1 "
                              f"{spec['m1'][:16]}..., the given checkpoint is the {m1_coder.arithmetic} M1 "
                              f"{m1_coder.weights_hash[:16]}...")
@@ -594,5 +661,5 @@ def method_from_spec(spec: dict, m1_coder=None) -> Method:
             raise ValueError(f"these Equal-Info windows follow window rule {rule}, this ncx decodes rule "
                              f"{WINDOW_RULE} only (ncx.coder.WINDOW_RULE): compress the source text again with "
                              f"this ncx, or decode with the ncx that wrote it")
-        return EqualInfoACMethod(m1_coder, spec["b"], spec["v"], spec["precision"])
+        return EqualInfoACMethod(m1_coder, spec["b"], spec["v"], spec["precision"], vocab=vocab)
     raise ValueError(f"unknown method spec kind {kind!r}")

@@ -171,14 +171,15 @@ def _group_windows(records, n_docs: int, nb: int) -> list[EncodedWindows]:
 
 
 def decode_windows(encoded: Sequence[EncodedWindows], model: ContextModel, budget_bits: int, precision: int,
-                   eos: int | None, batch: int = 256) -> list[torch.Tensor]:
+                   eos: int | None, batch: int = 256, keep_eos: bool = False) -> list[torch.Tensor]:
     """Inverse of encode_windows: each document's symbols (int64, without the
     EOS). Every window is decoded as an independent unit (its own code, a
     fresh coder and a fresh model context), so a long document's windows
     decode in parallel, in any batch size and order; a document is the
     concatenation of its windows' symbols up to its EOS. Exceptions decode by
     their stored symbol count, all others by the rule. With eos=None (tokens
-    from M2) a document is simply all its windows' symbols."""
+    from M2) a document is simply all its windows' symbols. keep_eos keeps
+    the EOS that ends a document (the window vocabulary records it)."""
     device = _model_device(model)
     n = len(encoded)
     nb = budget_bits // 8
@@ -237,7 +238,7 @@ def decode_windows(encoded: Sequence[EncodedWindows], model: ContextModel, budge
         syms = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
         if eos is not None:
             cut = torch.nonzero(syms == eos)
-            syms = syms[: int(cut[0, 0])] if len(cut) else syms
+            syms = syms[: int(cut[0, 0]) + int(keep_eos)] if len(cut) else syms
         docs.append(syms)
     return docs
 
