@@ -44,9 +44,10 @@ from .corpus import corpus_hash, default_corpus, read_documents, split_of
 from .dataset import TokenDataset, open_dataset, write_dataset
 from .m1 import M1, load_m1_coder
 from .m2 import PRESETS, preset
-from .methods import (METHOD_NAMES, DecodeError, Encoded, Method, bytes_to_tokens, method_from_name, method_from_spec,
-                      tokens_to_bytes)
+from .methods import (METHOD_NAMES, DecodeError, Encoded, EqualInfoACMethod, Method, bytes_to_tokens,
+                      method_from_name, method_from_spec, tokens_to_bytes)
 from .train_m2 import train_m2
+from .window_vocab import build_window_vocab, load_window_vocab
 
 __all__ = ["MethodRequest", "parse_method", "parse_methods", "chunk_documents", "default_threads",
            "run_experiment", "results_table", "plot_results", "add_arguments", "run"]
@@ -233,13 +234,13 @@ def _check_heldout(method: Method, heldout_ds: TokenDataset, heldout_docs: Seque
     return f"{len(bad)} of {len(heldout_docs)} documents differ (first: {bad[0]})" if bad else None
 
 
-def _reusable(found: dict, heldout_docs, m1_coder, log) -> tuple[Method, str | None, float] | None:
+def _reusable(found: dict, heldout_docs, m1_coder, log, vocab=None) -> tuple[Method, str | None, float] | None:
     """The method of matching datasets found on disk, their held-out check and its seconds, if
     the files are intact and the held-out data decodes with this ncx; else None (recompress)."""
     if not all(found.values()):
         return None
     try:
-        method = method_from_spec(found["train"].method, m1_coder)
+        method = method_from_spec(found["train"].method, m1_coder, vocab=vocab)
     except ValueError as e:  # e.g. Equal-Info windows of an older window rule
         log(f"[compress] {found['train'].method.get('kind')}: stored dataset was made by another ncx ({e}): "
             f"compressing again")
@@ -260,6 +261,46 @@ def _reusable(found: dict, heldout_docs, m1_coder, log) -> tuple[Method, str | N
     return method, problem, time.perf_counter() - t0
 
 
+# Held-out bytes that EqualInfoAC also codes with M1 in the loop, to show the window vocabulary
+# gives M1's tokens on this run's M1 (the tests prove it in general).
+_VOCAB_CHECK_BYTES = 16_000
+
+
+def _window_vocab(req: MethodRequest, m1_coder, data_dir: Path, log):
+    """EqualInfoAC b=16's window vocabulary for this M1 (built once, kept in data_dir), or None
+    for other methods."""
+    if req.kind != "equal_info_ac" or dict(req.kwargs).get("b", 16) != 16 or m1_coder is None:
+        return None
+    path = data_dir / f"window-vocab-b16-{m1_coder.weights_hash[:16]}.safetensors"
+    try:
+        return load_window_vocab(path)
+    except (FileNotFoundError, ValueError):
+        pass
+    t0 = time.perf_counter()
+    vocab = build_window_vocab(m1_coder, b=16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vocab.save(path)
+    log(f"[compress] window vocabulary b=16 built from M1 in {time.perf_counter() - t0:.1f} s ({path.name})")
+    return vocab
+
+
+def _check_vocab_against_m1(method: Method, docs: Sequence[bytes], log) -> None:
+    """The first held-out documents (about _VOCAB_CHECK_BYTES) coded again with M1 in the loop:
+    the tokens must be the window vocabulary's."""
+    sample, size = [], 0
+    for d in docs:
+        if size >= _VOCAB_CHECK_BYTES:
+            break
+        sample.append(d[:_VOCAB_CHECK_BYTES - size])
+        size += len(sample[-1])
+    by_m1 = EqualInfoACMethod(method.coder, method.b, method.vocab_size, method.precision).encode_batch(sample)
+    by_table = method.encode_batch(sample)
+    if any(not np.array_equal(a.tokens, b.tokens) for a, b in zip(by_m1, by_table)):
+        raise RuntimeError(f"{method.name}: the window vocabulary's tokens differ from M1's on held-out text")
+    log(f"[compress] {method.name}: window vocabulary == M1 in the loop on {size:,} held-out bytes "
+        f"({sum(len(e.tokens) for e in by_table):,} tokens)")
+
+
 def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_flops: float, data_dir: Path,
                     shared: dict, log) -> _Prepared:
     """Compress both splits with one method (or reuse matching, intact datasets that decode
@@ -274,7 +315,8 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
     found = {split: _matching_dataset(dirs[split], keys[split]) for split in keys}
     info: dict = {"method_request": req.label}
 
-    if reuse := _reusable(found, heldout_docs, m1_coder, log):
+    vocab = _window_vocab(req, m1_coder, data_dir, log)
+    if reuse := _reusable(found, heldout_docs, m1_coder, log, vocab):
         method, problem, check_seconds = reuse
         train_ds, heldout_ds, fresh = found["train"], found["heldout"], False
         log(f"[compress] {method.name}: reusing {dirs['train'].parent}")
@@ -288,16 +330,19 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
         t0 = time.perf_counter()
         if source is not None:
             # The v=256 method's bit streams, cut into 16-bit tokens.
-            method = method_from_spec({**source["method"].spec(), "v": 65536}, m1_coder)
+            method = method_from_spec({**source["method"].spec(), "v": 65536}, m1_coder, vocab=vocab)
             encoded = {split: _retokenize(source[split], 256, 65536) for split in ("train", "heldout")}
             how = f"from the {source['method'].name} bit streams"
         else:
             try:
-                method = method_from_name(req.kind, train_docs, m1_coder, **req.kwargs)
+                method = method_from_name(req.kind, train_docs, m1_coder, **req.kwargs,
+                                          **({"vocab": vocab} if vocab is not None else {}))
             except TypeError as e:
                 raise ValueError(f"method {req.label}: bad parameters ({e})") from None
             encoded = {"train": method.encode_batch(train_docs), "heldout": method.encode_batch(heldout_docs)}
-            how = "coded"
+            how = "coded through the window vocabulary" if vocab is not None else "coded"
+            if vocab is not None:
+                _check_vocab_against_m1(method, heldout_docs, log)
         seconds = time.perf_counter() - t0
         if req.kind in _BIT_STREAM_KINDS and method.vocab_size == 256:
             shared[req] = {"method": method, **encoded}
