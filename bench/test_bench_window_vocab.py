@@ -16,12 +16,13 @@ symbol is one byte of text).
   first time ("small", 300 steps, integer; the M1, its vocabulary and the peers' models are
   cached under bench/runs/window_vocab/, git-ignored). decode(encode(text)) == text is checked
   outside the timing.
-- sentencepiece: unigram models trained as ncx trains them (SentencePieceMethod.train) at
-  vocab 8000 and 65536 (what it reaches), sp.encode(list of str, num_threads=1) and
+- sentencepiece: unigram models trained on the train split (as M1 is), the way ncx trains them
+  (SentencePieceMethod.train), at vocab 8000 and 65536 (it reaches 10,498: the test id keeps the
+  asked size, extra_info the real one), sp.encode(list of str, num_threads=1) and
   sp.decode(id lists, num_threads=1);
-- tokenizers: byte-level BPE trained with vocab_size 65536 (what it reaches), encode_batch and
-  decode_batch on one thread (RAYON_NUM_THREADS=1, TOKENIZERS_PARALLELISM=false, set before
-  tokenizers is imported).
+- tokenizers: byte-level BPE trained on the train split with vocab_size 65536 (it reaches
+  19,322), encode_batch and decode_batch on one thread (RAYON_NUM_THREADS=1,
+  TOKENIZERS_PARALLELISM=false, set before tokenizers is imported).
 The peers take the documents as str (decoded with errors="surrogateescape", outside the timing).
 bench/vocab_speed.py gives the same figures as one table, the coders interleaved.
 """
@@ -36,7 +37,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import vocab_speed  # noqa: E402  (bench/ is on sys.path: bench/conftest.py)
-from ncx import window_vocab  # noqa: E402
+from ncx import corpus, window_vocab  # noqa: E402
 
 # About a second per ncx benchmark; the peers take up to a second a call, so at least 5 rounds.
 bench_mark = pytest.mark.benchmark(max_time=1.0, min_rounds=5, warmup=False)
@@ -117,8 +118,8 @@ def test_vocab_decode(benchmark, mbps, vocab, flat, threads):
 
 # ------------------------------------------------------------------- sentencepiece
 @pytest.fixture(scope="module", params=vocab_speed.SP_VOCABS, ids=lambda v: f"v{v}")
-def sp(request, docs):
-    return vocab_speed.sentencepiece_model(docs, request.param)
+def sp(request):
+    return vocab_speed.sentencepiece_model(corpus.default_corpus("train"), request.param)
 
 
 @bench_mark
@@ -141,8 +142,8 @@ def test_sentencepiece_decode(benchmark, mbps, sp, texts, threads):
 
 # ---------------------------------------------------------------------- tokenizers
 @pytest.fixture(scope="module")
-def bpe(docs):
-    return vocab_speed.bpe_tokenizer(docs, vocab_speed.BPE_VOCAB)
+def bpe():
+    return vocab_speed.bpe_tokenizer(corpus.default_corpus("train"), vocab_speed.BPE_VOCAB)
 
 
 @bench_mark

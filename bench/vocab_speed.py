@@ -6,19 +6,20 @@
 
 The text: the whole embedded corpus (ncx.corpus.default_corpus, train + heldout, in that
 order: 225 documents, 1,356,832 bytes, all valid UTF-8). MB is 10^6 bytes of that text; a rate
-is input text bytes per wall second, for encoding and for decoding alike.
+is input text bytes per wall second, for encoding and for decoding alike. Every model (M1 and
+the peers') is trained on the train split only, then codes all the text.
 
 - ncx: WindowVocab.encode_flat (native greedy longest match) and decode_flat (native lookup)
   over the documents flattened into one uint8 tensor (window_vocab._flatten, outside the
   timing), EqualInfoAC[b=16] windows of an M1 (a token is a 16-bit window; each document ends
   with EOS inside its last window); torch.set_num_threads(1) and (2) for the 2-core scaling
-  (the native ops split the documents between the threads).
-- sentencepiece: a unigram model trained on the same corpus as ncx trains it
+  (the native ops split the documents between the threads by their bytes).
+- sentencepiece: a unigram model trained on the train split as ncx trains it
   (ncx.methods.SentencePieceMethod.train: byte fallback, identity normalization) at vocab
   8000 (ncx's default) and 65536 (hard_vocab_limit=False: the size it reaches is printed);
   sp.encode(list of str, num_threads=1) and sp.decode(list of id lists, num_threads=1).
 - tokenizers: byte-level BPE (ByteLevel pre-tokenizer and decoder, no normalizer) trained
-  on the same corpus with vocab_size 65536 (it stops where merges run out: printed);
+  on the train split with vocab_size 65536 (it stops where merges run out: printed);
   tok.encode_batch(list of str) and tok.decode_batch(list of id lists), one thread
   (RAYON_NUM_THREADS=1 and TOKENIZERS_PARALLELISM=false, set before tokenizers is imported).
 
@@ -30,7 +31,7 @@ interleave all the coders, so a change of load on a shared machine hits them ali
 figure is the best (fastest) of --repeats rounds. Each call is timed twice in a row: the first
 finds the caches as the previous work left them, the second ("repeated") is warm, as in a
 tight benchmark loop; ncx's decode is the one that differs much (its table and codes leave the
-2 MiB L2 while the peers run).
+core's L2 cache while the peers run).
 
 Built artefacts are cached under bench/runs/window_vocab/ (git-ignored): without --m1, an M1
 of preset "small" trained for 300 steps (batch 16, seed 0) on the train split and quantized
@@ -62,6 +63,8 @@ sys.path.insert(0, str(HERE.parent))  # run from anywhere without an install
 sys.path.insert(0, str(HERE))         # bench/peers.py: provenance
 
 from ncx import corpus, window_vocab  # noqa: E402
+
+from machine import cpu_line  # noqa: E402  (bench/machine.py)
 
 CACHE = HERE / "runs" / "window_vocab"
 M1_PRESET, M1_STEPS, M1_BATCH = "small", 300, 16
@@ -248,20 +251,6 @@ def measure(coders: list[Coder], nbytes: int, repeats: int, log=print) -> list[d
     return rows
 
 
-def cpu_line() -> str:
-    model, flags = "?", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    simd = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512f", "avx2"))
-    return f"{model} ({os.cpu_count()} logical CPUs; {simd})"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--m1", help="M1 checkpoint (float or integer) whose window vocabulary to use "
@@ -288,8 +277,9 @@ def main(argv=None) -> int:
         docs, texts = [docs[i] for i in keep], [texts[i] for i in keep]
         nbytes = sum(map(len, docs))
     coders = [ncx_coder(vocab, docs, 1), ncx_coder(vocab, docs, 2)]
-    coders += [sentencepiece_coder(sentencepiece_model(docs, v), texts) for v in SP_VOCABS]
-    coders.append(bpe_coder(bpe_tokenizer(docs, BPE_VOCAB), texts))
+    train = corpus.default_corpus("train")  # every model learns from the train split, as M1 does
+    coders += [sentencepiece_coder(sentencepiece_model(train, v), texts) for v in SP_VOCABS]
+    coders.append(bpe_coder(bpe_tokenizer(train, BPE_VOCAB), texts))
 
     import sentencepiece
 

@@ -27,6 +27,10 @@ hash, and per document its doc_id, file, byte count and CRC-32. Every document i
 against its recorded length and CRC-32; shard files against their sha256 first (unless
 --no-verify).
 
+EqualInfoAC b=16 compresses through M1's window vocabulary by default (ncx.window_vocab,
+--engine vocab): built once, kept in the dataset as window_vocab.safetensors and named with its
+sha256 in the manifest, so decompress needs no M1 for it; --engine m1 runs M1 in the loop.
+
 inspect prints a dataset's method, vocabulary, M1 hash, counts and shards, and checks the
 shard files' sha256 (unless --no-verify).
 
@@ -598,7 +602,8 @@ def describe(data: ds.TokenDataset) -> str:
         + (f" ({extra['m1_flops_per_byte']:,} FLOPs/byte)" if m.get("m1_hash") and "m1_flops_per_byte" in extra
            else ""),
         *([f"M1 coded on  {extra.get('m1_device_type')}, {extra['m1_arithmetic']} arithmetic"
-           + (" (decodes on any device)" if extra["m1_arithmetic"] == "integer" else " (decode on the same kind)")]
+           + (" (the window vocabulary decodes on any device)" if extra.get("window_vocab") else
+              " (decodes on any device)" if extra["m1_arithmetic"] == "integer" else " (decode on the same kind)")]
           if m.get("m1_hash") and extra.get("m1_arithmetic") else []),
         *([f"vocabulary   {extra['window_vocab']['file']} (sha256 {extra['window_vocab']['sha256'][:16]}...; "
            f"decodes without M1)"] if isinstance(extra.get("window_vocab"), dict) else []),

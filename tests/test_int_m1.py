@@ -336,7 +336,7 @@ def test_compress_job_records_integer_arithmetic(tmp_path, int_m1):
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
     out = tmp_path / "ds"
     assert ncx("compress", "--method", "equal_info_ac", "--b", 16, "--m1", ckpt, "--data", src, "--out", out,
-               "--no-progress", "--device", "cpu") == 0
+               "--no-progress", "--device", "cpu", "--engine", "m1") == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["extra"]["m1_arithmetic"] == manifest["method"]["m1_arithmetic"] == "integer"
     from ncx.jobs import inspect_dataset
@@ -396,8 +396,9 @@ def test_write_gpu_artifact(int_m1, tmp_path):
     ckpt = os.path.join(out_dir, "int_m1.safetensors")
     save_int_m1(int_m1, ckpt)
     src = write_jsonl(Path(out_dir) / "docs.jsonl", _cross_device_docs())
+    # M1 in the loop on the GPU (not the window vocabulary): the CPU decodes with M1 again.
     assert ncx("compress", "--method", "equal_info_ac", "--b", 16, "--m1", ckpt, "--data", src,
-               "--out", os.path.join(out_dir, "dataset"), "--no-progress", "--device", "cuda") == 0
+               "--out", os.path.join(out_dir, "dataset"), "--no-progress", "--device", "cuda", "--engine", "m1") == 0
 
 
 def test_gpu_compressed_dataset_decodes_on_cpu(tmp_path):

@@ -247,8 +247,9 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, data):
 
 # ---------------------------------------------------------------------- M1
 def test_equal_info_ac_with_m1(tmp_path, tiny_m1s, capsys):
-    """EqualInfoAC (and plain AC) with a tiny random M1: the manifest records M1's hash and
-    FLOPs/byte, the windows and exceptions; decoding needs that M1 and no other."""
+    """EqualInfoAC with M1 in the loop (and plain AC) with a tiny random M1: the manifest records
+    M1's hash and FLOPs/byte, the windows and exceptions; decoding needs that M1 and no other.
+    (The default engine for b=16, the window vocabulary, is tested in test_window_vocab.py.)"""
     m1_a, m1_b = tiny_m1s
     _, info_a = m1_module.load_m1(str(m1_a))
     _, info_b = m1_module.load_m1(str(m1_b))
@@ -257,7 +258,7 @@ def test_equal_info_ac_with_m1(tmp_path, tiny_m1s, capsys):
     src = write_jsonl(tmp_path / "small.jsonl", docs)
     out = tmp_path / "eq"
     assert ncx("compress", "--method", "equal_info_ac", "--b", 16, "--m1", m1_a, "--data", src, "--out", out,
-               "--shard-docs", 3, "--no-progress", "--device", "cpu") == 0
+               "--shard-docs", 3, "--no-progress", "--device", "cpu", "--engine", "m1") == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["m1_hash"] == info_a["weights_hash"] == manifest["method"]["m1"]
     assert manifest["extra"]["m1_flops_per_byte"] == m1_module.preset("tiny").flops_per_byte
@@ -280,7 +281,7 @@ def test_equal_info_ac_with_m1(tmp_path, tiny_m1s, capsys):
     assert "give that M1 checkpoint" in capsys.readouterr().err
     # Resuming the job with another M1 is refused, naming both.
     assert ncx("compress", "--method", "equal_info_ac", "--m1", m1_b, "--data", src, "--out", out,
-               "--shard-docs", 3, "--no-progress") == 2
+               "--shard-docs", 3, "--no-progress", "--engine", "m1") == 2
     err = capsys.readouterr().err
     assert "m1_hash" in err and info_a["weights_hash"][:16] in err and info_b["weights_hash"][:16] in err
 

@@ -142,8 +142,10 @@ def test_time_limit_checkpoints_and_stops(datasets, tmp_path):
 def test_ddp_matches_one_process(datasets, tmp_path):
     """torchrun with 2 CPU processes (gloo), each taking half of the global batch of 8, follows
     the one-process run. Not bitwise: DDP averages two half-batch mean gradients where one
-    process takes one mean over the whole batch, so float sums run in another order (and the
-    difference stays at float32 rounding level (measured: 6e-8 after 6 steps)."""
+    process takes one mean over the whole batch, so float sums run in another order. Adam
+    divides by the root of the second moment, which turns a rounding difference in a near-zero
+    gradient into up to a fraction of lr (3e-3) per step; measured after 6 steps: 6e-8 on an
+    AMD EPYC (AVX2), 5.9e-6 on an Intel Xeon with AVX-512 (other BLAS kernels)."""
     train, valid = datasets
     args = ["train-m2", "--train", str(train.path), "--valid", str(valid.path), "--preset", "nano",
             "--steps", "6", "--batch-size", "8", "--seq-len", "32", "--warmup", "2", "--lr", "3e-3",
@@ -161,7 +163,7 @@ def test_ddp_matches_one_process(datasets, tmp_path):
     assert ddp["world_size"] == 2 and one["world_size"] == 1
     a, b = weights_of(tmp_path / "ddp"), weights_of(tmp_path / "one")
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-6, worst
+    assert worst < 1e-4, worst  # a step moves weights by up to lr = 3e-3
     assert ddp["valid_loss_nats"] == pytest.approx(one["valid_loss_nats"], rel=1e-5)
 
 

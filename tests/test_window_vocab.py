@@ -212,6 +212,23 @@ def test_native_longest_match_equals_reference():
         assert vocab.decode(got) == docs
 
 
+def test_threads_give_the_same_windows():
+    """Documents are split between threads by their bytes: any split gives the same output,
+    empty documents first and last included."""
+    rng = np.random.default_rng(4)
+    vocab = _table(_random_strings(rng, 1 << 10, alphabet=40), b=10)
+    docs = [b""] + [rng.integers(0, 40, int(rng.integers(0, 3000)), dtype=np.uint8).tobytes()
+                    for _ in range(300)] + [bytes(50_000), b"", b""]
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        codes, window_offsets, failed_at = vocab.encode_flat(*_flatten(docs))
+        data, byte_offsets, ended = vocab.decode_flat(codes, window_offsets)
+        results.append([t.clone() for t in (codes, window_offsets, failed_at, data, byte_offsets, ended)])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert bool(results[0][5].all()) and bytes(results[0][3].numpy()) == b"".join(docs)
+
+
 def test_a_position_no_string_covers_is_reported():
     strings = [(bytes([i]), False) for i in range(256) if i != 0x41] + [(b"", True), (b"AB", False)]
     vocab = _table(strings, b=9)

@@ -3,6 +3,8 @@
 // Documents run in parallel (at::parallel_for); each is sequential.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 #include "../core/window_vocab.h"
 #include "../ops_common.h"
 
@@ -10,6 +12,19 @@ namespace ncx {
 namespace {
 
 using at::Tensor;
+
+// Calls f(d) for every document d, split between threads by their share of
+// `offsets` (bytes or windows), not by count, so a few long documents do not
+// leave one thread with most of the work. A document goes to the chunk that
+// holds its start; the range ends one past the last offset so that empty
+// documents at the very end have a chunk too.
+template <typename F>
+void parallel_over_documents(const int64_t* offsets, int64_t D, int64_t grain, const F& f) {
+  if (D == 0) return;
+  at::parallel_for(0, offsets[D] + 1, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t d = std::lower_bound(offsets, offsets + D, begin) - offsets; d < D && offsets[d] < end; ++d) f(d);
+  });
+}
 
 // pool uint8 [P], offsets int64 [N + 1], eos bool [N], all contiguous CPU.
 vocab::Table check_table(const Tensor& pool, const Tensor& offsets, const Tensor& eos) {
@@ -67,9 +82,8 @@ std::tuple<Tensor, Tensor, Tensor> vocab_encode_cpu(const Tensor& trie, const Te
   int32_t* s = scratch.data_ptr<int32_t>();
   int64_t* cnt = counts.data_ptr<int64_t>();
   int64_t* fail = failed_at.data_ptr<int64_t>();
-  at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t d = begin; d < end; ++d)
-      cnt[d] = vocab::encode_document(nodes, bytes + off[d], off[d + 1] - off[d], s + off[d] + d, fail + d);
+  parallel_over_documents(off, D, 1 << 14, [&](int64_t d) {
+    cnt[d] = vocab::encode_document(nodes, bytes + off[d], off[d + 1] - off[d], s + off[d] + d, fail + d);
   });
   Tensor window_offsets = at::empty({D + 1}, opts);
   int64_t* wo = window_offsets.data_ptr<int64_t>();
@@ -77,8 +91,8 @@ std::tuple<Tensor, Tensor, Tensor> vocab_encode_cpu(const Tensor& trie, const Te
   for (int64_t d = 0; d < D; ++d) wo[d + 1] = wo[d] + cnt[d];
   Tensor codes = at::empty({wo[D]}, opts.dtype(at::kInt));
   int32_t* c = codes.data_ptr<int32_t>();
-  at::parallel_for(0, D, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t d = begin; d < end; ++d) memcpy(c + wo[d], s + off[d] + d, size_t(cnt[d]) * sizeof(int32_t));
+  parallel_over_documents(off, D, 1 << 16, [&](int64_t d) {
+    memcpy(c + wo[d], s + off[d] + d, size_t(cnt[d]) * sizeof(int32_t));
   });
   return {codes, window_offsets, failed_at};
 }
@@ -111,18 +125,15 @@ std::tuple<Tensor, Tensor, Tensor> vocab_decode_cpu(const Tensor& pool, const Te
   Tensor ended = at::empty({D}, opts.dtype(at::kBool));
   int64_t* bo = byte_offsets.data_ptr<int64_t>();
   bool* e = ended.data_ptr<bool>();
-  at::parallel_for(0, D, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t d = begin; d < end; ++d)
-      bo[d + 1] = vocab::decoded_size(t, c + wo[d], cap ? cap + wo[d] : nullptr, wo[d + 1] - wo[d], e + d);
+  parallel_over_documents(wo, D, 1 << 12, [&](int64_t d) {
+    bo[d + 1] = vocab::decoded_size(t, c + wo[d], cap ? cap + wo[d] : nullptr, wo[d + 1] - wo[d], e + d);
   });
   bo[0] = 0;
   for (int64_t d = 0; d < D; ++d) bo[d + 1] += bo[d];
   Tensor out = at::empty({bo[D]}, opts.dtype(at::kByte));
   uint8_t* o = out.data_ptr<uint8_t>();
-  at::parallel_for(0, D, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t d = begin; d < end; ++d)
-      vocab::decode_document(t, c + wo[d], cap ? cap + wo[d] : nullptr, wo[d + 1] - wo[d], o + bo[d],
-                             o + bo[d + 1]);
+  parallel_over_documents(bo, D, 1 << 16, [&](int64_t d) {
+    vocab::decode_document(t, c + wo[d], cap ? cap + wo[d] : nullptr, wo[d + 1] - wo[d], o + bo[d], o + bo[d + 1]);
   });
   return {out, byte_offsets, ended};
 }
