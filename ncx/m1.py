@@ -388,6 +388,17 @@ class KVCacheCoder:
                 caches[i] = new
         self.filled = torch.cat([self.filled, self.filled.new_zeros(new_N - N)])
 
+    def fork(self, parents: torch.Tensor) -> None:
+        """Stream i becomes a copy of stream parents[i] (its cache and fill level), for every i;
+        streams past len(parents) are dropped. Caches hold each stream's own rows, so a copy
+        continues exactly as its parent would: the window vocabulary's build runs M1 once per
+        distinct prefix and branches there."""
+        parents = parents.to(self.device, torch.int64)
+        for caches in (self.k_cache, self.v_cache):
+            for i, cache in enumerate(caches):
+                caches[i] = cache[parents]
+        self.filled = self.filled[parents]
+
     def _begin_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Check a step's arguments, make room in the caches and record the new
         fill levels. Returns (tokens with BOS at position 0, positions, both

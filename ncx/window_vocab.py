@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.ncx)
-from .coder import WINDOW_RULE
-from .model_coding import EncodedWindows, decode_windows
+from .coder import WINDOW_RULE, WindowDecoder
 
 __all__ = ["WindowVocab", "VocabularyGap", "build_window_vocab", "load_window_vocab", "dataset_vocab", "VOCAB_FILE",
            "FORMAT", "FORMAT_VERSION"]
@@ -205,17 +204,22 @@ def load_window_vocab(path: str | os.PathLike) -> WindowVocab:
     return vocab
 
 
-def build_window_vocab(m1_coder, b: int = 16, precision: int | None = None, batch: int = 2048,
-                       chunk: int = 1 << 16, progress: bool = False) -> WindowVocab:
-    """Decode every b-bit code as a lone window through M1 (the batched native window
-    decoder, continuous batching over `batch` streams, on M1's device) and keep each
-    code's symbols. precision defaults to EqualInfoACMethod's (min(16, b - 2))."""
+def build_window_vocab(m1_coder, b: int = 16, precision: int | None = None, chunk: int = 1 << 16,
+                       progress: bool = False) -> WindowVocab:
+    """Decode every b-bit code as a lone window through M1 and keep each code's symbols.
+    precision defaults to EqualInfoACMethod's (min(16, b - 2)).
+
+    Codes go in chunks of consecutive values, which decode to strings sharing prefixes. Within
+    a chunk the batched native window decoder advances every code one symbol per step, and M1
+    runs once per distinct prefix: codes that took the same symbols share one M1 row, and a
+    prefix that branches copies its KV cache to each child (KVCacheCoder.fork). A stream's
+    distribution does not depend on the rest of the batch, so this gives every code exactly
+    what decoding it alone gives (tested against ncx.model_coding.decode_windows)."""
     if b not in (8, 16, 24):
         raise ValueError(f"a window vocabulary needs b in (8, 16, 24) (2^b codes), got {b}")
     precision = precision if precision is not None else min(16, b - 2)
     ops.check_budget(b, precision)
     n, nb = 1 << b, b // 8
-    all_codes = torch.arange(n, dtype=torch.int64)
     shifts = torch.arange(nb - 1, -1, -1, dtype=torch.int64) * 8
     pools, lengths, eos_flags = [], [], []
     bar = None
@@ -224,24 +228,55 @@ def build_window_vocab(m1_coder, b: int = 16, precision: int | None = None, batc
 
         bar = tqdm(total=n, desc=f"window vocabulary b={b}", unit="code")
     for lo in range(0, n, chunk):
-        codes = ((all_codes[lo:lo + chunk, None] >> shifts) & 0xFF).to(torch.uint8)  # big-endian, [k, nb]
-        windows = [EncodedWindows(codes[i:i + 1], torch.zeros(1, dtype=torch.int32)) for i in range(len(codes))]
-        syms = decode_windows(windows, m1_coder, b, precision, eos=EOS, batch=batch, keep_eos=True)
-        for s in syms:
-            ends = bool(len(s)) and int(s[-1]) == EOS
-            body = s[:-1] if ends else s
-            pools.append(body.to(torch.uint8))
-            lengths.append(len(body))
-            eos_flags.append(ends)
+        values = torch.arange(lo, min(lo + chunk, n), dtype=torch.int64)
+        codes = ((values[:, None] >> shifts) & 0xFF).to(torch.uint8)  # big-endian, [k, nb]
+        symbols, counts = _decode_lone_windows(m1_coder, codes, b, precision)
+        ends = torch.zeros(len(codes), dtype=torch.bool)
+        last = torch.cumsum(counts, 0) - 1
+        has = counts > 0
+        ends[has] = symbols[last[has]] == EOS
+        pools.append(symbols[symbols != EOS].to(torch.uint8))  # EOS only ever ends a string
+        lengths.append(counts - ends.to(torch.int64))
+        eos_flags.append(ends)
         if bar is not None:
             bar.update(len(codes))
     if bar is not None:
         bar.close()
     offsets = torch.zeros(n + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+    offsets[1:] = torch.cumsum(torch.cat(lengths), 0)
     return WindowVocab(b, precision, WINDOW_RULE, m1_coder.weights_hash, m1_coder.arithmetic,
-                       int(m1_coder.max_symbols), torch.cat(pools), offsets,
-                       torch.tensor(eos_flags, dtype=torch.bool))
+                       int(m1_coder.max_symbols), torch.cat(pools), offsets, torch.cat(eos_flags))
+
+
+def _decode_lone_windows(model, codes: torch.Tensor, b: int, precision: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each code of codes (uint8 [k, b/8]) as a lone window: (symbols int64, code by code in
+    order, EOS included; symbol counts int64 [k]). See build_window_vocab."""
+    k, device = len(codes), torch.device(getattr(model, "device", "cpu"))
+    dec = WindowDecoder(k, b, precision, EOS, device)
+    dec.start(codes.to(device), torch.ones(k, dtype=torch.bool, device=device),
+              torch.full((k,), model.max_symbols, dtype=torch.int64, device=device))
+    alive = torch.arange(k, device=device)           # the code of each decoder row
+    node = torch.zeros(k, dtype=torch.int64, device=device)  # each row's prefix among M1's rows
+    dist = model(torch.full((1,), model.bos, device=device), torch.zeros(1, dtype=torch.int64, device=device))
+    rows, syms, depth = [], [], 0
+    while len(alive):
+        sym, _ = dec.step(dist[node], logits=model.logits)
+        got = sym >= 0
+        rows.append(alive[got])
+        syms.append(sym[got])
+        keep = got & (sym != EOS)
+        dec.state, alive, parent, sym = dec.state[keep], alive[keep], node[keep], sym[keep]
+        if not len(alive):
+            break
+        # One M1 row per distinct (prefix, symbol): the children of this level.
+        children, node = torch.unique(parent * (EOS + 1) + sym, return_inverse=True)
+        model.fork(children // (EOS + 1))
+        depth += 1
+        dist = model(children % (EOS + 1), torch.full_like(children, depth))
+    row = torch.cat(rows).cpu() if rows else torch.zeros(0, dtype=torch.int64)
+    sym = torch.cat(syms).cpu() if syms else torch.zeros(0, dtype=torch.int64)
+    order = torch.sort(row, stable=True).indices  # depth order within each code
+    return sym[order], torch.bincount(row, minlength=k)
 
 
 def dataset_vocab(data) -> WindowVocab | None:

@@ -70,7 +70,7 @@ def coders():
 
 @pytest.fixture(scope="module")
 def vocabs(coders):
-    return {name: build_window_vocab(c, b=B, batch=2048) for name, c in coders.items()}
+    return {name: build_window_vocab(c, b=B) for name, c in coders.items()}
 
 
 # Held-out bytes per M1 (cut into 300-byte documents, so M1's batch stays full), sized so that
