@@ -361,3 +361,25 @@ def test_engine_flag_is_checked(tmp_path, capsys):
     assert cli.main(["compress", "--method", "gzip", "--engine", "vocab", "--out", str(tmp_path / "g"),
                      "--no-progress"]) == 2
     assert "--engine applies to method equal_info_ac only" in capsys.readouterr().err
+
+
+def test_exported_tokenizer_gives_the_same_ids(tmp_path, vocabs, capsys):
+    """`ncx export-tokenizer`: the tokenizers library, loading tokenizer.json, gives the table's
+    codes on the same text (held-out documents and hard cases; "" excepted, see the docs)."""
+    import tokenizers
+
+    vocab = vocabs["trained tiny integer"]
+    path = tmp_path / "v.safetensors"
+    vocab.save(path)
+    assert cli.main(["export-tokenizer", "--vocab", str(path), "--out", str(tmp_path / "tok")]) == 0
+    assert "tokenizer.json" in capsys.readouterr().out
+    tok = tokenizers.Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
+    texts = [d.decode("utf-8", "replace") for d in _heldout(60_000, 2_000)] + [
+        "a", "naïve café ☃ 𝄞 " * 30, "\x00\x01\x7f" * 50, "x" * 3000, " \n\t" * 100, "\ufffd" * 10]
+    ours = vocab.encode([t.encode() for t in texts])
+    theirs = tok.encode_batch(texts)
+    assert all(o.tolist() == t.ids for o, t in zip(ours, theirs))
+    assert [tok.decode(t.ids) for t in theirs] == texts
+    meta = json.loads((tmp_path / "tok" / "ncx_vocab.json").read_text())
+    assert meta["window_vocab_sha256"] == vocab.sha256 and meta["m1_hash"] == vocab.m1_hash
+    assert cli.main(["export-tokenizer", "--dataset", str(tmp_path), "--out", str(tmp_path / "t2")]) == 2
