@@ -64,7 +64,7 @@ def vocab(docs):
 
 @pytest.fixture(scope="module")
 def flat(docs):
-    return window_vocab._flatten(docs)
+    return window_vocab.flatten_documents(docs)
 
 
 @pytest.fixture

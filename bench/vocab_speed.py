@@ -10,7 +10,7 @@ is input text bytes per wall second, for encoding and for decoding alike. Every 
 the peers') is trained on the train split only, then codes all the text.
 
 - ncx: WindowVocab.encode_flat (native greedy longest match) and decode_flat (native lookup)
-  over the documents flattened into one uint8 tensor (window_vocab._flatten, outside the
+  over the documents flattened into one uint8 tensor (window_vocab.flatten_documents, outside the
   timing), EqualInfoAC[b=16] windows of an M1 (a token is a 16-bit window; each document ends
   with EOS inside its last window); torch.set_num_threads(1) and (2) for the 2-core scaling
   (the native ops split the documents between the threads by their bytes).
@@ -163,7 +163,7 @@ class Coder:
 
 
 def ncx_coder(vocab, docs: list[bytes], threads: int) -> Coder:
-    data, offsets = window_vocab._flatten(docs)
+    data, offsets = window_vocab.flatten_documents(docs)
     vocab.trie  # built once, outside the timing
 
     def encode():
@@ -200,7 +200,7 @@ def bpe_coder(tok, texts: list[str]) -> Coder:
 
 def encode_gaps(vocab, docs: list[bytes]) -> list[tuple[int, int]]:
     """(document, symbol) where the vocabulary has no window (the M1 encoder's exception windows)."""
-    data, offsets = window_vocab._flatten(docs)
+    data, offsets = window_vocab.flatten_documents(docs)
     failed = vocab.encode_flat(data, offsets)[2]
     return [(d, int(p)) for d, p in enumerate(failed.tolist()) if p >= 0]
 

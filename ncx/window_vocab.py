@@ -31,14 +31,14 @@ import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.ncx)
 from .coder import WINDOW_RULE, WindowDecoder
+from .m1 import EOS  # the end-of-document symbol; csrc/core/window_vocab.h's kEos
 
-__all__ = ["WindowVocab", "VocabularyGap", "build_window_vocab", "load_window_vocab", "dataset_vocab", "VOCAB_FILE",
-           "FORMAT", "FORMAT_VERSION"]
+__all__ = ["WindowVocab", "VocabularyGap", "build_window_vocab", "load_window_vocab", "dataset_vocab",
+           "flatten_documents", "VOCAB_FILE", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "ncx-window-vocab"
 FORMAT_VERSION = 1
 VOCAB_FILE = "window_vocab.safetensors"  # its name beside a dataset's shards
-EOS = 256  # M1's end-of-document symbol (ncx.m1.EOS)
 _META_FIELDS = ("b", "precision", "window_rule", "m1_hash", "m1_arithmetic", "max_symbols")
 
 
@@ -107,7 +107,7 @@ class WindowVocab:
     def encode(self, docs: Sequence[bytes], strict: bool = True) -> list[np.ndarray]:
         """Each document (bytes, then EOS) as its window codes (int32). strict: a
         VocabularyGap for the first document that cannot be encoded; else its entry is None."""
-        data, offsets = _flatten(docs)
+        data, offsets = flatten_documents(docs)
         codes, window_offsets, failed_at = self.encode_flat(data, offsets)
         codes, wo, fail = codes.numpy(), window_offsets.numpy(), failed_at.numpy()
         out = []
@@ -295,7 +295,8 @@ def dataset_vocab(data) -> WindowVocab | None:
     return vocab
 
 
-def _flatten(docs: Sequence[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+def flatten_documents(docs: Sequence[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Documents as the native ops take them: (uint8 [total bytes], int64 offsets [D + 1])."""
     lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

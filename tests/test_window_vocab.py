@@ -26,7 +26,7 @@ from ncx import cli, corpus, int_m1, m1
 from ncx.methods import EqualInfoACMethod, method_from_spec
 from ncx.model_coding import EncodedWindows, decode_windows, encode_windows
 from ncx.train_m1 import train_m1
-from ncx.window_vocab import (VOCAB_FILE, VocabularyGap, WindowVocab, _flatten, build_window_vocab,
+from ncx.window_vocab import (VOCAB_FILE, VocabularyGap, WindowVocab, flatten_documents, build_window_vocab,
                               load_window_vocab)
 
 B, P = 16, 14
@@ -222,7 +222,7 @@ def test_threads_give_the_same_windows():
     results = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        codes, window_offsets, failed_at = vocab.encode_flat(*_flatten(docs))
+        codes, window_offsets, failed_at = vocab.encode_flat(*flatten_documents(docs))
         data, byte_offsets, ended = vocab.decode_flat(codes, window_offsets)
         results.append([t.clone() for t in (codes, window_offsets, failed_at, data, byte_offsets, ended)])
     assert all(torch.equal(a, b) for a, b in zip(*results))
@@ -237,7 +237,7 @@ def test_a_position_no_string_covers_is_reported():
         vocab.encode(docs)
     lenient = vocab.encode(docs, strict=False)
     assert lenient[2] is None and lenient[3] is None and lenient[0] is not None
-    codes, window_offsets, failed_at = vocab.encode_flat(*_flatten(docs))
+    codes, window_offsets, failed_at = vocab.encode_flat(*flatten_documents(docs))
     assert failed_at.tolist() == [-1, -1, 2, 0]
 
 
