@@ -57,6 +57,8 @@ stamp "CUDA tests${DRY:+ (dry run: collected only)}"
 NCX_GPU_ARTIFACT_DIR="$LOG/gpu_int_m1" $PY -m pytest -q -x ${DRY:+--collect-only} tests/test_cuda.py \
   tests/test_int_ops_cuda.py tests/test_int_m1.py ${NCX_GPU_EXTRA_TESTS:-} > "$LOG/tests.log" 2>&1
 tests_rc=$?
+# The window vocabulary built on the GPU == on the CPU (its other tests are CPU-only).
+$PY -m pytest -q -x ${DRY:+--collect-only} -m cuda tests/test_window_vocab.py >> "$LOG/tests.log" 2>&1 || tests_rc=1
 tail -5 "$LOG/tests.log"
 
 stamp "GPU benchmarks${DRY:+ (dry run)}"

@@ -383,3 +383,13 @@ def test_exported_tokenizer_gives_the_same_ids(tmp_path, vocabs, capsys):
     meta = json.loads((tmp_path / "tok" / "ncx_vocab.json").read_text())
     assert meta["window_vocab_sha256"] == vocab.sha256 and meta["m1_hash"] == vocab.m1_hash
     assert cli.main(["export-tokenizer", "--dataset", str(tmp_path), "--out", str(tmp_path / "t2")]) == 2
+
+
+@pytest.mark.cuda
+def test_table_built_on_cuda_equals_cpu():
+    """The integer M1 builds the same table on a GPU as on the CPU (bench/gpu_check.sh runs this)."""
+    torch.manual_seed(6)
+    model = int_m1.quantize_m1(m1.M1(m1.preset("tiny")))
+    on_cpu = build_window_vocab(model.coder(), b=B)
+    on_gpu = build_window_vocab(model.to("cuda").coder(), b=B)
+    assert on_gpu.sha256 == on_cpu.sha256
