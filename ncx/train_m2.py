@@ -31,6 +31,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -435,8 +436,15 @@ def _tokens_per_second(timing: dict) -> float | None:
 
 
 def _load_checkpoint(path: Path) -> dict:
-    # weights_only=False: the checkpoint holds RNG states and plain dicts written by this module.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: tensors and plain data only (all this module writes), so a checkpoint from
+    # someone else cannot run code when it is loaded.
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: it holds objects other than tensors and plain data, which an "
+                         f"M2 checkpoint never does ({str(e).splitlines()[0][:200]})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: unreadable M2 checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an {CHECKPOINT_FORMAT[0]} v{CHECKPOINT_FORMAT[1]} file")
     return checkpoint

@@ -173,3 +173,27 @@ def test_cli_errors(tmp_path, capsys, datasets):
                  "--out", str(tmp_path / "run"), "--no-progress"])
     assert code == 2
     assert "missing: dataset directory not found" in capsys.readouterr().err
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_foreign_checkpoint_is_refused_without_running_it(tmp_path):
+    """A checkpoint is loaded with weights_only: an object that would run code when unpickled
+    is refused with a clear error and never runs; a truncated file is a clear error too."""
+    from ncx.train_m2 import load_model
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "checkpoint.pt"
+    torch.save({"format": ("ncx-m2-checkpoint", 1), "payload": _RunsCodeWhenUnpickled(str(marker))}, evil)
+    with pytest.raises(ValueError, match="refused: it holds objects other than tensors"):
+        load_model(evil)
+    assert not marker.exists()
+    evil.write_bytes(evil.read_bytes()[:40])
+    with pytest.raises(ValueError, match="unreadable M2 checkpoint"):
+        load_model(evil)
