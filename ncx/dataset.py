@@ -254,9 +254,15 @@ class ShardInfo:
     @classmethod
     def from_json(cls, obj: dict, where: str) -> "ShardInfo":
         try:
-            return cls(**{k: obj[k] for k in cls.__dataclass_fields__})
+            info = cls(**{k: obj[k] for k in cls.__dataclass_fields__})
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where}: not a valid shard record ({e!r})") from None
+        # File names come from a file someone may have edited: only the names ncx writes, plain
+        # names inside the dataset folder, are ever opened.
+        if not isinstance(info.shard, int) or info.shard < 0 or info.files != _shard_files(info.shard):
+            raise ValueError(f"{where}: shard {info.shard!r} names files {info.files!r}; a shard's files are "
+                             f"{_shard_files(info.shard) if isinstance(info.shard, int) and info.shard >= 0 else '?'}")
+        return info
 
 
 def _load_record(directory: Path, shard: int) -> ShardInfo | None:

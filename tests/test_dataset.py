@@ -186,3 +186,17 @@ def test_writer_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="method must be a dict with a 'name'"):
         finalize_manifest(tmp_path, method={}, vocab_size=256)
 
+
+
+def test_manifest_cannot_point_outside_the_dataset(tmp_path):
+    """A shard entry edited to name another file (../../etc/passwd) is refused before anything
+    is opened, by open_dataset and by the commit records a resumed job reads."""
+    from ncx.dataset import open_dataset, write_dataset
+
+    write_dataset(tmp_path / "d", [np.arange(5, dtype=np.uint8)], [5], [0], vocab_size=256,
+                  method={"name": "bytes"})
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    manifest["shards"][0]["files"]["tokens"] = "../../../../etc/passwd"
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="names files"):
+        open_dataset(tmp_path / "d")
