@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-call GPU check (shared/GPU.md): build ncx in place for Hopper, run the
+# The one-call GPU check (docs/design.md, "GPU check"): build ncx in place for Hopper, run the
 # CUDA tests, run the GPU benchmarks, keep full logs in LOGDIR (argument, else
 # $OUT, else ./gpu_logs) and print a short table last.
 #

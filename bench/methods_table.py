@@ -25,7 +25,8 @@ import torch
 
 from ncx import corpus, m1, methods
 
-# Bytes per token from the paper (PAPER.md), v=256 and v=65k.
+# Bytes per token from the paper (Lester et al. 2024; docs/design.md, "What the paper gives the code"),
+# v=256 and v=65k.
 PAPER = {
     "Bytes": (1.00, None), "SentencePiece": (4.28, None), "AC": (5.49, 10.98), "StaticAC": (1.73, 3.46),
     "GZip": (2.23, 4.47), "EqualInfoAC b=16": (2.66, 5.31), "EqualInfoAC b=32": (3.49, 6.97),

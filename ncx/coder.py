@@ -128,10 +128,10 @@ class WindowStep:
 
 class WindowEncoder:
     """Equal-Info windows: B streams, each cut into windows of budget_bits bits
-    that decode on their own (DESIGN.md; the rule, with the per-position
-    window order that keeps its give-back low, is described at the top of
-    csrc/core/coder.h). At a window boundary both the coder and the model's
-    context reset.
+    that decode on their own (docs/design.md, "Equal-Info windows that always
+    decode"; the rule, with the per-position window order that keeps its
+    give-back low, is described at the top of csrc/core/coder.h). At a window
+    boundary both the coder and the model's context reset.
 
     max_symbols caps a window's length (M1's context length): a window that
     reaches it closes and decodes by count.

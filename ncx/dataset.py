@@ -69,7 +69,8 @@ DOC_INDEX_DTYPE = np.dtype(
      ("byte_count", "<i8"), ("crc32", "<u4")]
 )
 # Side information a decoder needs for a few windows (Equal-Info windows that are not
-# self-delimiting, DESIGN.md): in document doc_id, window number `window` holds `symbols` symbols.
+# self-delimiting, docs/design.md, "Equal-Info windows that always decode"): in document doc_id,
+# window number `window` holds `symbols` symbols.
 EXCEPTION_DTYPE = np.dtype([("doc_id", "<i8"), ("window", "<i8"), ("symbols", "<i8")])
 
 _HASH_CHUNK = 1 << 22

@@ -409,7 +409,8 @@ def compress(
         records = [ds._load_record(out, i) for i in range(len(ranges))]
         extra = {
             "m1_flops_per_byte": m1_config.flops_per_byte if m1_config else 0,
-            # M1's float coding path is bit-exact per kind of device (DESIGN.md, level 1):
+            # M1's float coding path is bit-exact per kind of device (docs/design.md,
+            # "Determinism of M1", level 1):
             # decompress checks it decodes on the same kind. The integer path decodes anywhere.
             "m1_device_type": torch.device(codec.coder.device).type if m1_config else None,
             "m1_arithmetic": codec.coder.arithmetic if m1_config else None,

@@ -14,7 +14,7 @@ cached key (keys are stored already rotated), and are the common choice of
 current decoders. ALiBi would also fit the cache; T5 biases would need a
 bucketed bias lookup per cached key.
 
-Determinism of the coding path (DESIGN.md, "Determinism of M1"). The coder
+Determinism of the coding path (docs/design.md, "Determinism of M1"). The coder
 needs bit-identical logits on encode and decode, where the same stream is
 batched with other streams, in another order, with other padding. Float
 matmuls do not give that: BLAS picks kernels and blockings by shape and thread

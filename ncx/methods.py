@@ -9,7 +9,7 @@ methods need), decode tokens -> bytes, batched, lossless.
 | GZip            | zlib at its default level, output cut into 8/16-bit tokens |
 | StaticAC        | arithmetic coding with the corpus's byte unigram         |
 | AC              | arithmetic coding with M1 over the whole document        |
-| EqualInfoAC     | M1 + AC in Equal-Info windows of b bits (DESIGN.md)      |
+| EqualInfoAC     | M1 + AC in Equal-Info windows of b bits (docs/design.md) |
 
 Bit streams become tokens big-endian, 8 bits (v=256) or 16 bits (v=65536) at
 a time; a stream whose length is not a whole number of tokens is zero-padded

@@ -1,4 +1,4 @@
-"""The paper's measures (Lester et al. 2024, PAPER.md), one function each.
+"""The paper's measures (Lester et al. 2024; docs/design.md, "Measures"), one function each.
 
 Every method is compared per byte of the original text, not per token, because a token of
 compressed text stands for several bytes:

@@ -1,8 +1,9 @@
-"""Equal-Info windows (DESIGN.md): every window decodes to exactly its symbols,
-on its own, by the straddle rule (or, for the rare exception, by its stored
-count); the native encoder and decoder agree bit for bit with the reference;
-the rule costs under 0.5% of symbols per window against plain greedy packing;
-any b-bit token (as M2 generates) decodes to something and stops.
+"""Equal-Info windows (docs/design.md, "Equal-Info windows that always decode"):
+every window decodes to exactly its symbols, on its own, by the straddle rule
+(or, for the rare exception, by its stored count); the native encoder and
+decoder agree bit for bit with the reference; the rule costs under 0.5% of
+symbols per window against plain greedy packing; any b-bit token (as M2
+generates) decodes to something and stops.
 
 The model-in-the-loop drivers are ncx.model_coding.encode_windows and
 decode_windows; run_window_encoder below drives the raw step op itself, to

@@ -13,8 +13,9 @@
 // zero-padded, lies in the final interval: its length in bits is exact.
 //
 // Window mode (Equal-Info windows of b bits) keeps the shifted-out bytes in a
-// 128-bit prefix instead, and uses the DESIGN.md rule: a window holds the
-// greedy number of symbols k whose interval still contains a whole b-bit cell
+// 128-bit prefix instead, and uses the window rule of docs/design.md
+// ("Equal-Info windows that always decode"): a window holds the greedy
+// number of symbols k whose interval still contains a whole b-bit cell
 // [V, V+1) / 2^b; its code is a cell that straddles a boundary between the
 // sub-intervals of position k+1, so the decoder, which decodes while the cell
 // lies inside one sub-interval, stops after exactly k symbols. Sub-intervals

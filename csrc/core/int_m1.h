@@ -1,4 +1,4 @@
-// Integer arithmetic of the integer-exact M1 (DESIGN.md, "Determinism of M1",
+// Integer arithmetic of the integer-exact M1 (docs/design.md, "Determinism of M1",
 // level 2): every operation between the input bytes and the weights handed to
 // the coder is on integers, so its result does not depend on the device, the
 // batch, the summation order or the kernel. Torch-free and host+device: the
