@@ -341,9 +341,9 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
                 raise ValueError(f"method {req.label}: bad parameters ({e})") from None
             encoded = {"train": method.encode_batch(train_docs), "heldout": method.encode_batch(heldout_docs)}
             how = "coded through the window vocabulary" if vocab is not None else "coded"
-            if vocab is not None:
-                _check_vocab_against_m1(method, heldout_docs, log)
         seconds = time.perf_counter() - t0
+        if vocab is not None and source is None:
+            _check_vocab_against_m1(method, heldout_docs, log)
         if req.kind in _BIT_STREAM_KINDS and method.vocab_size == 256:
             shared[req] = {"method": method, **encoded}
         train_ds = _write_split(dirs["train"], method, train_docs, encoded["train"], keys["train"], flops)
