@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "core/coder.h"
+#include "core/window_vocab.h"
 
 TORCH_LIBRARY(ncx, m) {
   // [..., V] float32/bfloat16 probabilities or logits -> int32 CDF [..., V+1]
@@ -79,6 +80,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("STREAM_DECODER_WORDS") = words(sizeof(ncx::StreamDecoder));
   m.attr("WINDOW_ENCODER_WORDS") = words(sizeof(ncx::WindowEncoder));
   m.attr("WINDOW_DECODER_WORDS") = words(sizeof(ncx::WindowDecoder));
+  // The symbol the vocabulary ops read as EOS (ncx.window_vocab checks it is M1's).
+  m.attr("VOCAB_EOS") = ncx::vocab::kEos;
 #ifdef NCX_WITH_CUDA
   m.attr("WITH_CUDA") = true;
 #else

@@ -29,9 +29,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import ops  # noqa: F401  (registers torch.ops.ncx)
+from . import ops  # registers torch.ops.ncx
 from .coder import WINDOW_RULE, WindowDecoder
-from .m1 import EOS  # the end-of-document symbol; csrc/core/window_vocab.h's kEos
+from .m1 import EOS  # the end-of-document symbol
+
+# The native ops read EOS from their own header: it must be M1's.
+if ops._C.VOCAB_EOS != EOS:
+    raise ImportError(f"ncx._C reads symbol {ops._C.VOCAB_EOS} as EOS, M1's EOS is {EOS}: rebuild the extension")
 
 __all__ = ["WindowVocab", "VocabularyGap", "build_window_vocab", "load_window_vocab", "dataset_vocab",
            "flatten_documents", "VOCAB_FILE", "FORMAT", "FORMAT_VERSION"]
