@@ -161,10 +161,12 @@ class WindowVocab:
         from safetensors.torch import save_file
 
         path = Path(path)
-        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "sha256": self.sha256,
-                **{k: str(v) for k, v in self.meta().items()}}
+        # One metadata entry of sorted JSON: safetensors writes several entries in no fixed
+        # order, and the same table must make the same file, byte for byte.
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": self.sha256, **self.meta()}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({"pool": self.pool, "offsets": self.offsets, "eos": self.eos}, str(tmp), metadata=meta)
+        save_file({"pool": self.pool, "offsets": self.offsets, "eos": self.eos}, str(tmp),
+                  metadata={"ncx": json.dumps(meta, sort_keys=True)})
         os.replace(tmp, path)
         return self.sha256
 
@@ -183,20 +185,23 @@ def load_window_vocab(path: str | os.PathLike) -> WindowVocab:
         raise FileNotFoundError(f"{path}: window vocabulary not found")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path}: not an ncx window vocabulary (format {meta.get('format')!r})")
-            if meta.get("format_version") != str(FORMAT_VERSION):
+            try:
+                meta = json.loads((f.metadata() or {}).get("ncx", "{}"))
+            except json.JSONDecodeError:
+                meta = None
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise ValueError(f"{path}: not an ncx window vocabulary")
+            if meta.get("format_version") != FORMAT_VERSION:
                 raise ValueError(f"{path}: window vocabulary format_version {meta.get('format_version')!r}, this "
                                  f"ncx reads {FORMAT_VERSION}")
             tensors = {k: f.get_tensor(k) for k in ("pool", "offsets", "eos")}
         fields = {k: meta[k] for k in _META_FIELDS}
     except (SafetensorError, OSError, KeyError) as e:
         raise ValueError(f"{path}: unreadable window vocabulary ({type(e).__name__}: {e})") from None
-    try:
-        ints = {k: int(fields[k]) for k in ("b", "precision", "window_rule", "max_symbols")}
-    except ValueError:
-        raise ValueError(f"{path}: window vocabulary metadata is mangled") from None
+    ints = {k: fields[k] for k in ("b", "precision", "window_rule", "max_symbols")}
+    if not all(type(v) is int for v in ints.values()) or ints["b"] not in (8, 16, 24) or not all(
+            isinstance(fields[k], str) for k in ("m1_hash", "m1_arithmetic")):
+        raise ValueError(f"{path}: window vocabulary metadata is mangled")
     pool, offsets, eos = tensors["pool"], tensors["offsets"], tensors["eos"]
     if (pool.dtype, offsets.dtype, eos.dtype) != (torch.uint8, torch.int64, torch.bool) or \
             eos.dim() != 1 or eos.numel() != 1 << ints["b"] or offsets.numel() != eos.numel() + 1:

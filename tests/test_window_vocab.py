@@ -285,6 +285,9 @@ def test_file_round_trip_and_bad_files(tmp_path, vocabs):
         load_window_vocab(tmp_path / "junk")
     from safetensors.torch import save_file
     save_file({"pool": vocab.pool}, str(tmp_path / "foreign"), metadata={"format": "something-else"})
+    # Saving twice writes the same bytes (a resumed job ends with the same files).
+    vocab.save(tmp_path / "again.safetensors")
+    assert (tmp_path / "again.safetensors").read_bytes() == raw
     with pytest.raises(ValueError, match="not an ncx window vocabulary"):
         load_window_vocab(tmp_path / "foreign")
 
@@ -393,3 +396,28 @@ def test_table_built_on_cuda_equals_cpu():
     on_cpu = build_window_vocab(model.coder(), b=B)
     on_gpu = build_window_vocab(model.to("cuda").coder(), b=B)
     assert on_gpu.sha256 == on_cpu.sha256
+
+
+def test_torchrun_two_ranks_share_one_vocabulary(tmp_path):
+    """Under torchrun, rank 0 builds the table and the other rank reads it: the same files as
+    one process, the table included."""
+    import subprocess
+    import sys
+
+    from test_jobs import REPO, assert_same_tree, subprocess_env
+
+    torch.manual_seed(8)
+    ckpt = tmp_path / "m1.safetensors"
+    m1.save_m1(m1.M1(m1.preset("tiny")), str(ckpt))
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": d.decode("latin-1")}) + "\n" for d in _heldout(4_000, 400)))
+    args = ["compress", "--method", "equal_info_ac", "--m1", str(ckpt), "--data", str(data), "--shard-docs", "3",
+            "--no-progress", "--device", "cpu"]
+    assert cli.main(args + ["--out", str(tmp_path / "one")]) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ncx.cli",
+         *args, "--out", str(tmp_path / "two")],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_tree(tmp_path / "one", tmp_path / "two")
+    assert (tmp_path / "two" / VOCAB_FILE).exists()
