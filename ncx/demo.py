@@ -52,7 +52,7 @@ class DemoSettings:
     m1_steps: int
     m1_batch_size: int
     m1_lr: float
-    m1_time_limit_s: float          # M1's schedule anneals within this, whatever the machine's speed
+    m1_time_limit_s: float | None   # None: a step budget, the same M1 on every machine (however slow)
     # data for M2
     train_bytes: int
     heldout_bytes: int
@@ -76,7 +76,7 @@ class DemoSettings:
 # the window vocabulary: seconds);
 # a nano M2 trains ~20k tokens/s at v=256 (300 steps of 16 x 256: ~1 min), ~15k at v=2048.
 FULL = DemoSettings(
-    m1_preset="small", m1_train_bytes=None, m1_steps=800, m1_batch_size=16, m1_lr=3e-3, m1_time_limit_s=200,
+    m1_preset="small", m1_train_bytes=None, m1_steps=800, m1_batch_size=16, m1_lr=3e-3, m1_time_limit_s=None,
     train_bytes=400_000, heldout_bytes=40_000, chunk_bytes=2048, sentencepiece_vocab=2048,
     m2_size="nano", m2_steps=300, batch_size=16, seq_len=256, lr=3e-3, warmup=30,
     n_samples=4, sample_tokens=96)
@@ -117,7 +117,8 @@ def _m1(settings: DemoSettings, out: Path, m1_train, heldout, seed: int):
             pass
     config = m1_preset(settings.m1_preset)
     _log(f"[M1] training M1 '{settings.m1_preset}' ({config.non_embedding_params:,} non-embedding params) on "
-         f"{sum(map(len, m1_train)):,} bytes: up to {settings.m1_steps} steps or {settings.m1_time_limit_s:.0f} s")
+         f"{sum(map(len, m1_train)):,} bytes: {settings.m1_steps} steps"
+         + (f" or {settings.m1_time_limit_s:.0f} s" if settings.m1_time_limit_s else ""))
     model, summary = train_m1(config, m1_train, heldout, steps=settings.m1_steps, batch_size=settings.m1_batch_size,
                               lr=settings.m1_lr, seed=seed, time_limit_s=settings.m1_time_limit_s,
                               eval_every=max(1, settings.m1_steps // 4), progress=False, log=_log)
