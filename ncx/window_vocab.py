@@ -128,9 +128,10 @@ class WindowVocab:
         """Lookup decoding: codes int32 [W], window_offsets int64 [D + 1], caps int32 [W]
         (an exception window's stored symbol count, -1 elsewhere) or None -> (bytes uint8,
         byte_offsets int64 [D + 1], ended bool [D]: the document's EOS was met)."""
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_codes):
-            raise ValueError(f"window codes must lie in [0, {self.num_codes}), got "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
+        if codes.numel():
+            lo, hi = (int(x) for x in torch.aminmax(codes))  # one pass; the op checks again, as a TORCH_CHECK
+            if lo < 0 or hi >= self.num_codes:
+                raise ValueError(f"window codes must lie in [0, {self.num_codes}), got [{lo}, {hi}]")
         empty = torch.zeros(0, dtype=torch.int32)
         return torch.ops.ncx.vocab_decode(self.pool, self.offsets, self.eos, codes, window_offsets,
                                           empty if caps is None else caps)
