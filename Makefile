@@ -18,8 +18,8 @@ setup: $(NATIVE_MODULE)
 # Rewritten only when a setting differs, so that its date says when one last changed.
 $(BUILD_SETTINGS): FORCE
 	@mkdir -p build
-	@echo "NCX_CUDA=$(NCX_CUDA) NCX_NATIVE=$(NCX_NATIVE) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) $(PYTHON)" \
-		| cmp -s - $@ || echo "NCX_CUDA=$(NCX_CUDA) NCX_NATIVE=$(NCX_NATIVE) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) $(PYTHON)" > $@
+	@echo "NCX_CUDA=$(NCX_CUDA) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) $(PYTHON)" \
+		| cmp -s - $@ || echo "NCX_CUDA=$(NCX_CUDA) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) $(PYTHON)" > $@
 
 # --no-build-isolation: compile against the torch installed by requirements.txt
 # (an isolated build env would download a second torch).

@@ -8,6 +8,7 @@ compiled against the torch already installed.
 """
 import glob
 import os
+import platform
 import shutil
 import sys
 import sysconfig
@@ -67,7 +68,8 @@ def extra_cuda_includes():
 
 
 here = os.path.dirname(os.path.abspath(__file__))
-sources = ["csrc/ncx.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/int_m1_cpu.cpp", "csrc/cpu/window_vocab_cpu.cpp"]
+sources = ["csrc/ncx.cpp", "csrc/cpu/cpu_level.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/int_m1_cpu.cpp",
+           "csrc/cpu/window_vocab_cpu.cpp"]
 # -ffp-contract=off: the quantizer's float steps must round exactly as written
 # (no fused multiply-add), so CPU and GPU produce the same integers.
 # -fopenmp: at::parallel_for is a header template that, with torch's OpenMP
@@ -78,10 +80,42 @@ sources = ["csrc/ncx.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/int_m1_cpu.cpp", "c
 # contraction), only the assumption that FP exception flags are not observed.
 cxx_flags = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-fopenmp"]
 link_flags = ["-fopenmp"]
-if os.environ.get("NCX_NATIVE", "1") == "1":
-    cxx_flags.append("-march=native")
 define_macros = []
 include_dirs = [os.path.join(here, "csrc")]
+
+# The CPU's hot loops (csrc/cpu/kernels.cpp) are compiled once per x86-64
+# level and picked at run time from what the CPU has (csrc/cpu/cpu_level.cpp),
+# so one build runs on any x86-64 CPU and uses AVX2 or AVX-512 where they are.
+# Everything else is built for the compiler's default target: no -march=native,
+# a wheel built here runs wherever it is copied. Other architectures build the
+# kernels once, for their default target.
+KERNELS_SOURCE = "csrc/cpu/kernels.cpp"
+if platform.machine().lower() in ("x86_64", "amd64"):
+    CPU_LEVELS = {
+        "baseline": [],
+        "avx2": ["-march=x86-64-v3"],  # AVX2, FMA, BMI1/2, LZCNT, MOVBE
+        "avx512": ["-march=x86-64-v4", "-mavx512vnni"],  # AVX-512 F/BW/CD/DQ/VL and VNNI
+    }
+else:
+    CPU_LEVELS = {"baseline": []}
+for level in CPU_LEVELS:
+    define_macros.append((f"NCX_HAVE_LEVEL_{level.upper()}", "1"))
+
+
+class BuildWithCpuLevels(BuildExtension):
+    """Compiles KERNELS_SOURCE once per CPU level, each into its own folder
+    with its own flags and namespace, and links the objects in."""
+
+    def build_extension(self, ext):
+        objects = []
+        for level, flags in CPU_LEVELS.items():
+            postargs = cxx_flags + flags
+            objects += self.compiler.compile(
+                [KERNELS_SOURCE], output_dir=os.path.join(self.build_temp, f"level_{level}"),
+                macros=ext.define_macros + [("NCX_LEVEL_NAMESPACE", f"level_{level}")],
+                include_dirs=ext.include_dirs, extra_postargs={"cxx": postargs, "nvcc": []}, depends=ext.depends)
+        ext.extra_objects = [o for o in ext.extra_objects if o not in objects] + objects
+        super().build_extension(ext)
 
 if want_cuda():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -108,4 +142,4 @@ else:
         extra_link_args=link_flags,
     )
 
-setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildWithCpuLevels.with_options(use_ninja=True)})

@@ -6,6 +6,7 @@
 
 #include "core/coder.h"
 #include "core/window_vocab.h"
+#include "cpu/cpu_level.h"
 
 TORCH_LIBRARY(ncx, m) {
   // [..., V] float32/bfloat16 probabilities or logits -> int32 CDF [..., V+1]
@@ -82,6 +83,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("WINDOW_DECODER_WORDS") = words(sizeof(ncx::WindowDecoder));
   // The symbol the vocabulary ops read as EOS (ncx.window_vocab checks it is M1's).
   m.attr("VOCAB_EOS") = ncx::vocab::kEos;
+  // The CPU level of the CPU kernels (csrc/cpu/kernels.h); NCX_CPU_LEVEL picks one at import.
+  ncx::set_cpu_level_from_environment();
+  m.def("cpu_level", &ncx::cpu_level, "The CPU level the CPU ops use: baseline, avx2 or avx512.");
+  m.def("cpu_levels", &ncx::cpu_levels, "The CPU levels this build and this CPU can run, lowest first.");
+  m.def("set_cpu_level", &ncx::set_cpu_level, "Switch the CPU ops to another level (ValueError if unavailable).");
 #ifdef NCX_WITH_CUDA
   m.attr("WITH_CUDA") = true;
 #else

@@ -25,6 +25,9 @@ __all__ = [
     "int_rope",
     "int_attention",
     "int_coder_weights",
+    "cpu_level",
+    "cpu_levels",
+    "set_cpu_level",
 ]
 
 _ops = torch.ops.ncx
@@ -50,6 +53,28 @@ STATE_WORDS = {
 
 MIN_PRECISION, MAX_PRECISION = 1, 24
 MAX_ALPHABET = 65536
+
+
+# ------------------------------------------------------------ CPU levels
+# The CPU ops' hot loops are built for several x86-64 levels and the best one
+# the CPU has is used; NCX_CPU_LEVEL (read at import) or set_cpu_level picks a
+# lower one. Every level gives the same integers.
+def cpu_level() -> str:
+    """The level the CPU ops use: "baseline" (any x86-64, or another
+    architecture's default target), "avx2" (x86-64-v3: AVX2, FMA, BMI) or
+    "avx512" (x86-64-v4 plus VNNI)."""
+    return _C.cpu_level()
+
+
+def cpu_levels() -> list[str]:
+    """The levels this build and this CPU can run, lowest first."""
+    return list(_C.cpu_levels())
+
+
+def set_cpu_level(level: str) -> None:
+    """Use `level` for the CPU ops from now on; ValueError when the CPU or the
+    build lacks it."""
+    _C.set_cpu_level(level)
 
 
 def check_status(status: torch.Tensor, what: str = "row") -> None:

@@ -27,6 +27,7 @@
 #include "quantize.h"
 
 namespace ncx {
+inline namespace NCX_LEVEL_NAMESPACE {
 
 constexpr uint64_t kRangeBottom = uint64_t(1) << 56;
 constexpr uint64_t kRangeFull = ~uint64_t(0);  // [0, 1 - 2^-64): a fresh interval
@@ -591,4 +592,5 @@ NCX_HD bool window_decode_symbol(WindowDecoder* d, const WindowOrder& candidate,
   return true;
 }
 
+}  // namespace NCX_LEVEL_NAMESPACE
 }  // namespace ncx

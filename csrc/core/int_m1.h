@@ -26,6 +26,7 @@
 #include "quantize.h"  // NCX_HD
 
 namespace ncx {
+inline namespace NCX_LEVEL_NAMESPACE {
 namespace intm1 {
 
 constexpr int kFrac = 16;                    // activations: Q15.16
@@ -193,4 +194,5 @@ NCX_HD int64_t attention_score(int64_t dot_q32, int64_t inv_sqrt) {
 }
 
 }  // namespace intm1
+}  // namespace NCX_LEVEL_NAMESPACE
 }  // namespace ncx

@@ -25,6 +25,8 @@
 #pragma once
 #include <stdint.h>
 
+#include "level.h"
+
 #if defined(__CUDACC__)
 #define NCX_HD __host__ __device__ __forceinline__
 #define NCX_HD_ALWAYS_INLINE __host__ __device__ __forceinline__
@@ -36,6 +38,7 @@
 #endif
 
 namespace ncx {
+inline namespace NCX_LEVEL_NAMESPACE {
 
 // Status codes shared by every op; the Python layer turns them into messages.
 enum Status : int32_t {
@@ -431,4 +434,5 @@ NCX_HD int64_t cdf_search(const uint32_t* cdf, int64_t V, uint32_t target) {
   return lo;
 }
 
+}  // namespace NCX_LEVEL_NAMESPACE
 }  // namespace ncx

@@ -18,7 +18,10 @@
 #include <numeric>
 #include <vector>
 
+#include "level.h"
+
 namespace ncx {
+inline namespace NCX_LEVEL_NAMESPACE {
 namespace vocab {
 
 constexpr int32_t kEos = 256;
@@ -191,4 +194,5 @@ inline void decode_document(const Table& t, const int32_t* codes, const int32_t*
 }
 
 }  // namespace vocab
+}  // namespace NCX_LEVEL_NAMESPACE
 }  // namespace ncx

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "../ops_common.h"
+#include "kernels.h"
 
 namespace ncx {
 namespace {
@@ -52,11 +53,12 @@ std::tuple<Tensor, Tensor> quantize_cpu(const Tensor& dist_in, int64_t precision
   with_dist_type(dist, [&](auto tag) {
     using T = decltype(tag);
     const T* base = row_ptr<T>(dist);
+    const RowQuantizer<T>& quantizer = cpu_kernels().rows<T>();
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t row = begin; row < end; ++row) {
         uint32_t* out = reinterpret_cast<uint32_t*>(cdf_p + row * (V + 1));
-        int32_t st = quantize_row_cdf(base + row * V, V, int(precision), logits, scratch.q.data(), out);
+        int32_t st = quantizer.cdf(base + row * V, V, int(precision), logits, scratch.q.data(), out);
         st_p[row] = st;
         if (st != kOk) std::fill(out, out + V + 1, 0u);
       }
@@ -88,6 +90,7 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
+    const RowQuantizer<E>& quantizer = cpu_kernels().rows<E>();
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
@@ -99,7 +102,7 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
           int64_t sym = symbol_at(symbols, b * T + t);
           if (sym < 0 || sym >= V) { s_code = kErrSymbol; break; }
           uint32_t cum, freq;
-          s_code = quantize_row_symbol(base + b * sb + t * st, V, int(precision), logits, sym, scratch.q.data(),
+          s_code = quantizer.symbol(base + b * sb + t * st, V, int(precision), logits, sym, scratch.q.data(),
                                        &cum, &freq);
           if (s_code != kOk) break;
           s_code = stream_encode(&enc, o, max_bytes, cum, freq, int(precision));
@@ -121,10 +124,10 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
 // symbol or -status.
 template <typename E>
 int64_t stream_decode_one(StreamDecoder* dec, const uint8_t* in, int64_t nbytes, const E* row, int64_t V,
-                          int precision, bool logits, RowScratch& scratch) {
+                          int precision, bool logits, const RowQuantizer<E>& quantizer, RowScratch& scratch) {
   uint32_t target = stream_decode_target(dec, precision), cum, freq;
   int64_t s;
-  int32_t st = quantize_row_find(row, V, precision, logits, target, scratch.q.data(), &s, &cum, &freq);
+  int32_t st = quantizer.find(row, V, precision, logits, target, scratch.q.data(), &s, &cum, &freq);
   if (st != kOk) return -st;
   st = stream_decode_consume(dec, in, nbytes, cum, freq, precision);
   if (st != kOk) return -st;
@@ -149,6 +152,7 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in,
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
+    const RowQuantizer<E>& quantizer = cpu_kernels().rows<E>();
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
@@ -159,7 +163,8 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in,
         int64_t* out = symbols.data_ptr<int64_t>() + b * T;
         int32_t code = kOk;
         for (int64_t t = 0; t < lengths.data_ptr<int64_t>()[b]; ++t) {
-          int64_t s = stream_decode_one(&dec, in, nbytes, base + b * sb + t * st, V, int(precision), logits, scratch);
+          int64_t s = stream_decode_one(&dec, in, nbytes, base + b * sb + t * st, V, int(precision), logits,
+                                        quantizer, scratch);
           if (s < 0) { code = int32_t(-s); break; }
           out[t] = s;
         }
@@ -189,6 +194,7 @@ Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, co
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
+    const RowQuantizer<E>& quantizer = cpu_kernels().rows<E>();
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
@@ -199,7 +205,7 @@ Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, co
         StreamEncoder* e = state_ptr<StreamEncoder>(state) + b;
         if (!stream_encoder_valid(*e, cap)) { st = kErrState; continue; }
         uint32_t cum, freq;
-        st = quantize_row_symbol(base + b * sb, V, int(precision), logits, sym, scratch.q.data(), &cum, &freq);
+        st = quantizer.symbol(base + b * sb, V, int(precision), logits, sym, scratch.q.data(), &cum, &freq);
         if (st != kOk) continue;
         st = stream_encode(e, out.data_ptr<uint8_t>() + b * cap, cap, cum, freq, int(precision));
       }
@@ -244,6 +250,7 @@ std::tuple<Tensor, Tensor> stream_decode_step_cpu(Tensor& state, const Tensor& d
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
+    const RowQuantizer<E>& quantizer = cpu_kernels().rows<E>();
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
@@ -253,7 +260,8 @@ std::tuple<Tensor, Tensor> stream_decode_step_cpu(Tensor& state, const Tensor& d
         StreamDecoder* dec = state_ptr<StreamDecoder>(state) + b;
         if (!stream_decoder_valid(*dec)) { status.data_ptr<int32_t>()[b] = kErrState; continue; }
         if (dec->pos == 0) stream_decoder_init(dec, in, nbytes);  // a fresh (zeroed) state
-        int64_t s = stream_decode_one(dec, in, nbytes, base + b * sb, V, int(precision), logits, scratch);
+        int64_t s =
+            stream_decode_one(dec, in, nbytes, base + b * sb, V, int(precision), logits, quantizer, scratch);
         if (s < 0) status.data_ptr<int32_t>()[b] = int32_t(-s);
         else symbols.data_ptr<int64_t>()[b] = s;
       }
@@ -284,6 +292,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
+    const RowQuantizer<E>& quantizer = cpu_kernels().rows<E>();
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
@@ -293,7 +302,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
         if (sym >= V) { st = kErrSymbol; continue; }
         WindowEncoder* e = state_ptr<WindowEncoder>(state) + b;
         if (!window_encoder_valid(*e)) { st = kErrState; continue; }
-        st = quantize_row_cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
+        st = quantizer.cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
         if (st != kOk) continue;
         WindowClose close;
         int32_t ev = window_encode(e, window_candidate(scratch.cdf.data(), V), sym,
@@ -382,6 +391,7 @@ std::tuple<Tensor, Tensor, Tensor> window_decode_step_cpu(Tensor& state, const T
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
+    const RowQuantizer<E>& quantizer = cpu_kernels().rows<E>();
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
@@ -393,7 +403,7 @@ std::tuple<Tensor, Tensor, Tensor> window_decode_step_cpu(Tensor& state, const T
           continue;
         }
         if (!window_decoder_valid(*d)) { status.data_ptr<int32_t>()[b] = kErrState; continue; }
-        int32_t st = quantize_row_cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
+        int32_t st = quantizer.cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
         if (st != kOk) { status.data_ptr<int32_t>()[b] = st; continue; }
         int64_t s;
         if (window_decode_symbol(d, window_candidate(scratch.cdf.data(), V), int(precision), int(budget_bits),

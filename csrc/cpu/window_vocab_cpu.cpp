@@ -7,6 +7,7 @@
 
 #include "../core/window_vocab.h"
 #include "../ops_common.h"
+#include "kernels.h"
 
 namespace ncx {
 namespace {
@@ -71,7 +72,8 @@ std::tuple<Tensor, Tensor, Tensor> vocab_encode_cpu(const Tensor& trie, const Te
   TORCH_CHECK(off[0] == 0 && off[D] == data.size(0), "doc_offsets must run from 0 to the data size ", data.size(0));
   for (int64_t d = 0; d < D; ++d) TORCH_CHECK(off[d + 1] >= off[d], "doc_offsets must not decrease");
 
-  const auto* nodes = reinterpret_cast<const vocab::TrieNode*>(trie.data_ptr());
+  const void* nodes = trie.data_ptr();
+  const auto encode_document = cpu_kernels().vocab_encode_document;
   const uint8_t* bytes = data.data_ptr<uint8_t>();
   auto opts = doc_offsets.options();
   // Document d's windows first go to a slot of its own at off[d] + d (it has
@@ -83,7 +85,7 @@ std::tuple<Tensor, Tensor, Tensor> vocab_encode_cpu(const Tensor& trie, const Te
   int64_t* cnt = counts.data_ptr<int64_t>();
   int64_t* fail = failed_at.data_ptr<int64_t>();
   parallel_over_documents(off, D, 1 << 14, [&](int64_t d) {
-    cnt[d] = vocab::encode_document(nodes, bytes + off[d], off[d + 1] - off[d], s + off[d] + d, fail + d);
+    cnt[d] = encode_document(nodes, bytes + off[d], off[d + 1] - off[d], s + off[d] + d, fail + d);
   });
   Tensor window_offsets = at::empty({D + 1}, opts);
   int64_t* wo = window_offsets.data_ptr<int64_t>();

@@ -1,0 +1,184 @@
+// The CPU back end's hot loops (the table of csrc/cpu/kernels.h), compiled
+// once per CPU level: setup.py builds this file with each level's flags and
+// NCX_LEVEL_NAMESPACE set to level_<name>. The loops are plain C++ over raw
+// pointers that the compiler vectorizes for the level's instruction set, with
+// intrinsics only where it does not.
+//
+// Every level gives the same integers: integer sums do not depend on their
+// order, and the quantizer's float steps are elementwise and correctly
+// rounded (-ffp-contract=off: no fused multiply-add at any level).
+//
+// Nothing here may use torch or instantiate std templates: their inline code
+// would not be in this level's namespace, and the linker could hand a
+// baseline caller this level's copy (tests/test_cpu_levels.py checks the
+// built library for such leaks).
+#include <stdint.h>
+
+#if defined(__AVX512F__)
+// GCC 12's own _mm512_reduce_add_* trip its -Wmaybe-uninitialized (a false
+// positive inside avx512fintrin.h).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#endif
+
+#include "../core/coder.h"
+#include "../core/int_m1.h"
+#include "../core/window_vocab.h"
+#include "kernels.h"
+
+#define NCX_STRINGIFY_(x) #x
+#define NCX_STRINGIFY(x) NCX_STRINGIFY_(x)
+
+namespace ncx {
+inline namespace NCX_LEVEL_NAMESPACE {
+namespace {
+
+using namespace intm1;
+
+uint32_t row_amax(const int32_t* x, int64_t K) {
+  uint32_t m = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const uint32_t a = magnitude(x[k]);
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+void quantize_rows(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q, int32_t* scale) {
+  for (int64_t n = begin; n < end; ++n) {
+    const int32_t* xr = x + n * K;
+    const RowScale rs = row_scale(row_amax(xr, K));
+    for (int64_t k = 0; k < K; ++k) q[n * K + k] = quantize_activation(xr[k], rs);
+    scale[2 * n] = rs.mant;
+    scale[2 * n + 1] = rs.exp;
+  }
+}
+
+void dequantize_rows(const int32_t* acc, int64_t begin, int64_t end, int64_t D, const int32_t* scale,
+                     const int32_t* multiplier, const int32_t* shift, int32_t* out) {
+  for (int64_t n = begin; n < end; ++n) {
+    const RowScale rs{scale[2 * n], scale[2 * n + 1]};
+    for (int64_t d = 0; d < D; ++d) out[n * D + d] = dequantize(acc[n * D + d], rs, multiplier[d], shift[d]);
+  }
+}
+
+void rms_norm_rows(const int32_t* x, const int32_t* gain, int64_t begin, int64_t end, int64_t C, int32_t* out) {
+  for (int64_t n = begin; n < end; ++n) {
+    const int32_t* xr = x + n * C;
+    const int s = norm_shift(row_amax(xr, C));
+    int64_t ss = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t v = norm_scaled(xr[c], s);
+      ss += v * v;
+    }
+    const int64_t rms = norm_rms(ss, C);
+    for (int64_t c = 0; c < C; ++c) out[n * C + c] = norm_apply(norm_scaled(xr[c], s), gain[c], rms);
+  }
+}
+
+void rope_rows(const int32_t* x, const int32_t* cos, const int32_t* sin, const int64_t* positions, int64_t begin,
+               int64_t end, int64_t H, int64_t hd, int32_t* out) {
+  const int64_t half = hd / 2;
+  for (int64_t nh = begin; nh < end; ++nh) {
+    const int64_t p = positions[nh / H];
+    const int32_t* xr = x + nh * hd;
+    int32_t* o = out + nh * hd;
+    for (int64_t i = 0; i < half; ++i) {
+      const int32_t c = cos[p * half + i], s = sin[p * half + i];
+      o[i] = rope_first(xr[i], xr[i + half], c, s);
+      o[i + half] = rope_second(xr[i], xr[i + half], c, s);
+    }
+  }
+}
+
+// Attention's int64 sums of int32 products. With AVX-512 the products come
+// from vpmuldq (signed 32 x 32 -> 64 bits of sign-extended lanes): exact, so
+// the sums equal the scalar loop's, which the compiler vectorizes at the
+// other levels.
+int64_t dot_i32(const int32_t* a, const int32_t* b, int64_t n) {
+  int64_t i = 0, s = 0;
+#if defined(__AVX512F__)
+  __m512i acc = _mm512_setzero_si512();
+  for (; i + 8 <= n; i += 8) {
+    const __m512i av = _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+    const __m512i bv = _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i)));
+    acc = _mm512_add_epi64(acc, _mm512_mul_epi32(av, bv));
+  }
+  s = _mm512_reduce_add_epi64(acc);
+#endif
+  for (; i < n; ++i) s += int64_t(a[i]) * b[i];
+  return s;
+}
+
+// acc[i] += e * v[i] for |e| < 2^31.
+void axpy_i32(int64_t* acc, int64_t e, const int32_t* v, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512i ev = _mm512_set1_epi64(e);
+  for (; i + 8 <= n; i += 8) {
+    const __m512i vv = _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i)));
+    _mm512_storeu_si512(acc + i, _mm512_add_epi64(_mm512_loadu_si512(acc + i), _mm512_mul_epi32(ev, vv)));
+  }
+#endif
+  for (; i < n; ++i) acc[i] += e * v[i];
+}
+
+void attention_rows(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache, const int64_t* streams,
+                    const int64_t* positions, int64_t begin, int64_t end, int64_t H, int64_t hd, int64_t L,
+                    int64_t* scratch, int32_t* out) {
+  int64_t* w = scratch;       // [L] scores, then weights
+  int64_t* num = scratch + L;  // [hd]
+  const int64_t inv_sqrt = inv_sqrt_q16(hd);
+  for (int64_t nh = begin; nh < end; ++nh) {
+    const int64_t n = nh / H, h = nh % H, keys = positions[n] + 1;
+    const int32_t* qr = q + nh * hd;
+    const int64_t base = (streams[n] * H + h) * L * hd;  // this stream and head's keys/values
+    int64_t peak = INT64_MIN;
+    for (int64_t j = 0; j < keys; ++j) {
+      w[j] = attention_score(dot_i32(qr, k_cache + base + j * hd, hd), inv_sqrt);
+      peak = w[j] > peak ? w[j] : peak;
+    }
+    int64_t den = 0;
+    for (int64_t i = 0; i < hd; ++i) num[i] = 0;
+    for (int64_t j = 0; j < keys; ++j) {
+      const int64_t e = exp_nonpositive(w[j] - peak, kAttnFrac);
+      den += e;
+      axpy_i32(num, e, v_cache + base + j * hd, hd);
+    }
+    for (int64_t i = 0; i < hd; ++i) out[nh * hd + i] = clamp32(round_div(num[i], den), kQKVLimit);
+  }
+}
+
+void coder_weights_rows(const int32_t* logits, int64_t begin, int64_t end, int64_t V, int32_t* out) {
+  for (int64_t n = begin; n < end; ++n) {
+    const int32_t* lr = logits + n * V;
+    int32_t peak = INT32_MIN;
+    for (int64_t v = 0; v < V; ++v) peak = lr[v] > peak ? lr[v] : peak;
+    for (int64_t v = 0; v < V; ++v) out[n * V + v] = int32_t(exp_nonpositive(int64_t(lr[v]) - peak, kCoderFrac));
+  }
+}
+
+int64_t vocab_encode(const void* nodes, const uint8_t* data, int64_t n, int32_t* out, int64_t* failed_at) {
+  return vocab::encode_document(static_cast<const vocab::TrieNode*>(nodes), data, n, out, failed_at);
+}
+
+const CpuKernels kTable = {
+    NCX_STRINGIFY(NCX_LEVEL_NAMESPACE) + 6,  // "level_avx2" -> "avx2"
+    {&quantize_row_cdf<float>, &quantize_row_symbol<float>, &quantize_row_find<float>},
+    {&quantize_row_cdf<uint16_t>, &quantize_row_symbol<uint16_t>, &quantize_row_find<uint16_t>},
+    &quantize_rows,
+    &dequantize_rows,
+    &rms_norm_rows,
+    &rope_rows,
+    &attention_rows,
+    &coder_weights_rows,
+    &vocab_encode,
+};
+
+}  // namespace
+
+// This level's table (declared per level in csrc/cpu/cpu_level.cpp).
+const CpuKernels* kernel_table() { return &kTable; }
+
+}  // namespace NCX_LEVEL_NAMESPACE
+}  // namespace ncx

@@ -1,0 +1,68 @@
+// The CPU back end's hot loops as a table of functions, one table per CPU
+// level. csrc/cpu/kernels.cpp fills a table; setup.py compiles it once per
+// level (x86-64 baseline, AVX2 = x86-64-v3, AVX-512 with VNNI = x86-64-v4),
+// and cpu_kernels() returns the table of the level in use
+// (csrc/cpu/cpu_level.cpp): the one the CPU supports best, or the one
+// NCX_CPU_LEVEL names. Every level returns the same integers.
+//
+// Torch-free, and the signatures use plain types only: each level's copy of
+// the core lives in its own namespace (csrc/core/level.h), so its structs are
+// distinct types.
+#pragma once
+#include <stdint.h>
+
+namespace ncx {
+
+enum CpuLevel : int32_t { kLevelBaseline = 0, kLevelAvx2 = 1, kLevelAvx512 = 2, kNumCpuLevels = 3 };
+
+// csrc/core/quantize.h's row routines for one element type: float, or
+// bfloat16 as its uint16 bits.
+template <typename T>
+struct RowQuantizer {
+  int32_t (*cdf)(const T* row, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf);
+  int32_t (*symbol)(const T* row, int64_t V, int precision, bool logits, int64_t s, uint32_t* q, uint32_t* cum,
+                    uint32_t* freq);
+  int32_t (*find)(const T* row, int64_t V, int precision, bool logits, uint32_t target, uint32_t* q,
+                  int64_t* sym, uint32_t* cum, uint32_t* freq);
+};
+
+struct CpuKernels {
+  const char* level;  // "baseline", "avx2" or "avx512"
+  RowQuantizer<float> f32;
+  RowQuantizer<uint16_t> bf16;
+
+  // Integer M1 (csrc/core/int_m1.h), over rows [begin, end).
+  // x int32 [., K] -> int8 q [., K] and the rows' scales as (mantissa, exponent) pairs.
+  void (*int_quantize_rows)(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q, int32_t* scale);
+  // int32 products acc [., D] -> Q16 outputs [., D] with the rows' scales and per-channel constants.
+  void (*int_dequantize_rows)(const int32_t* acc, int64_t begin, int64_t end, int64_t D, const int32_t* scale,
+                              const int32_t* multiplier, const int32_t* shift, int32_t* out);
+  void (*int_rms_norm_rows)(const int32_t* x, const int32_t* gain, int64_t begin, int64_t end, int64_t C,
+                            int32_t* out);
+  // Rows are (token, head) pairs of x [N, H, hd].
+  void (*int_rope_rows)(const int32_t* x, const int32_t* cos, const int32_t* sin, const int64_t* positions,
+                        int64_t begin, int64_t end, int64_t H, int64_t hd, int32_t* out);
+  // Rows are (query, head) pairs of q [N, H, hd]; caches [S, H, L, hd];
+  // scratch holds L + hd int64.
+  void (*int_attention_rows)(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache,
+                             const int64_t* streams, const int64_t* positions, int64_t begin, int64_t end,
+                             int64_t H, int64_t hd, int64_t L, int64_t* scratch, int32_t* out);
+  void (*int_coder_weights_rows)(const int32_t* logits, int64_t begin, int64_t end, int64_t V, int32_t* out);
+
+  // csrc/core/window_vocab.h's greedy longest match; nodes are its TrieNodes.
+  int64_t (*vocab_encode_document)(const void* nodes, const uint8_t* data, int64_t n, int32_t* out,
+                                   int64_t* failed_at);
+
+  template <typename T>
+  const RowQuantizer<T>& rows() const;
+};
+
+template <>
+inline const RowQuantizer<float>& CpuKernels::rows<float>() const { return f32; }
+template <>
+inline const RowQuantizer<uint16_t>& CpuKernels::rows<uint16_t>() const { return bf16; }
+
+// The table of the level in use.
+const CpuKernels& cpu_kernels();
+
+}  // namespace ncx

@@ -1,0 +1,331 @@
+"""One build, several CPU levels (csrc/cpu/kernels.h, ncx.ops.cpu_level).
+
+Proves: every level this machine runs gives the same integers as the
+baseline level and as the pure-Python references, for every kernel of the
+table (quantizer rows in all three uses, the integer M1's row loops, the
+window-vocabulary match) and for both exact GEMM paths of int_linear
+(torch._int_mm at the avx512 level, float32 slices below it, K across slice
+boundaries); NCX_CPU_LEVEL picks a level at import and a bad one is a clear
+ImportError; the built library holds AVX/AVX-512 or other post-baseline
+instructions only inside the level namespaces, so a baseline CPU never
+meets them.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import int_reference as ref
+from ncx import _C, ops
+from ncx.int_m1 import quantize_m1
+from ncx.m1 import M1, preset
+from ncx.methods import ACMethod, EqualInfoACMethod
+from ncx.window_vocab import WindowVocab
+
+LEVELS = ops.cpu_levels()
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.fixture
+def at_level(request):
+    """Runs the test's body at each level in turn (restores the level after)."""
+    before = ops.cpu_level()
+
+    def use(level: str) -> None:
+        ops.set_cpu_level(level)
+
+    yield use
+    ops.set_cpu_level(before)
+
+
+def _per_level(at_level, fn):
+    """{level: fn()} computed at every level this machine runs."""
+    out = {}
+    for level in LEVELS:
+        at_level(level)
+        out[level] = fn()
+    return out
+
+
+def _assert_all_equal(results: dict):
+    base = results["baseline"]
+    for level, got in results.items():
+        if isinstance(base, tuple):
+            for a, b in zip(got, base):
+                assert torch.equal(a, b), f"level {level} differs from baseline"
+        else:
+            assert torch.equal(got, base), f"level {level} differs from baseline"
+
+
+def _ints(gen, shape, lo, hi, dtype=torch.int32):
+    return torch.randint(lo, hi, shape, generator=gen, dtype=torch.int64).to(dtype)
+
+
+# ------------------------------------------------------------ the levels themselves
+def test_levels_available_and_default_is_the_best():
+    assert LEVELS[0] == "baseline" and ops.cpu_level() == LEVELS[-1]
+    assert set(LEVELS) <= {"baseline", "avx2", "avx512"}
+    if X86:
+        flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+        assert ("avx2" in LEVELS) == (" avx2" in flags and " fma" in flags and " bmi2" in flags)
+        assert ("avx512" in LEVELS) == (" avx512f" in flags and " avx512bw" in flags and " avx512vl" in flags
+                                        and " avx512_vnni" in flags)
+
+
+def test_unknown_or_missing_level_is_refused(at_level):
+    with pytest.raises(ValueError, match="unknown CPU level 'sse9'"):
+        ops.set_cpu_level("sse9")
+    for level in {"avx2", "avx512"} - set(LEVELS):
+        with pytest.raises(ValueError, match="not available here"):
+            ops.set_cpu_level(level)
+    assert ops.cpu_level() == LEVELS[-1]  # unchanged by the refusals
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_environment_variable_picks_the_level_at_import():
+    r = _run_python("from ncx import ops; print(ops.cpu_level())", NCX_CPU_LEVEL="baseline")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "baseline"
+    r = _run_python("import ncx.ops", NCX_CPU_LEVEL="avx1024")
+    assert r.returncode != 0
+    assert "NCX_CPU_LEVEL: unknown CPU level 'avx1024'" in r.stderr
+    assert "Traceback" in r.stderr and "ImportError" in r.stderr and ".cpp" not in r.stderr
+
+
+@pytest.mark.skipif(not X86, reason="the level namespaces split x86-64 code only")
+def test_post_baseline_instructions_only_inside_level_namespaces():
+    """Disassembles the built library: any function using AVX/AVX-512 (VEX or
+    EVEX encoded, v*), BMI, LZCNT, POPCNT, MOVBE or SSE3-4 instructions must
+    be a level's own code (ncx::level_avx2:: / ncx::level_avx512::), reached
+    only through the level table. A leak (an inline function or template the
+    linker shared between levels) would make a baseline CPU die on SIGILL."""
+    objdump = shutil.which("objdump")
+    assert objdump, "objdump (binutils) is needed to check the built library"
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", _C.__file__], capture_output=True,
+                          text=True, check=True).stdout
+    beyond = re.compile(r"^\s*[0-9a-f]+:\s+(v[a-z0-9]+|shlx|shrx|sarx|rorx|bzhi|pdep|pext|mulx|andn|blsi|blsr|"
+                        r"blsmsk|bextr|tzcnt|lzcnt|popcnt|movbe|pshufb|ptest|pminsd|pmaxsd|pminud|pmaxud|pmulld|"
+                        r"round[ps][sd]|pblendvb|blendvp[sd]|pextr[bdq]|pinsr[bdq]|pmov[sz]x[a-z]+|pcmpeqq|"
+                        r"pcmpgtq|crc32)\s")
+    function, per_level, leaks = None, {"avx2": 0, "avx512": 0}, {}
+    for line in text.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if m:
+            function = m.group(1)
+            continue
+        m = beyond.match(line)
+        if function and m:
+            owner = next((lv for lv in per_level if f"ncx::level_{lv}::" in function), None)
+            if owner:
+                per_level[owner] += 1
+            else:
+                leaks.setdefault(function, m.group(1))
+    assert not leaks, f"post-baseline instructions outside the level namespaces: {list(leaks.items())[:5]}"
+    # The check sees what it looks for: the levels' own code does use them.
+    assert per_level["avx2"] > 0 and per_level["avx512"] > 0
+
+
+# ------------------------------------------------------------ quantizer rows
+def _adversarial_rows(gen, V: int, logits: bool) -> torch.Tensor:
+    rows = [torch.rand(V, generator=gen), torch.rand(V, generator=gen) ** 8, torch.zeros(V),
+            torch.full((V,), 1e-40), torch.full((V,), 3e38)]
+    rows[2][V // 2] = 1.0  # one-hot
+    if logits:
+        rows += [torch.randn(V, generator=gen) * 30, torch.full((V,), -1e30), torch.linspace(-200, 5, V)]
+    bad = torch.rand(V, generator=gen)
+    bad[1] = float("nan")
+    neg = torch.rand(V, generator=gen)
+    neg[0] = -0.5
+    inf = torch.rand(V, generator=gen)
+    inf[V - 1] = float("inf")
+    rows += [bad, neg, inf, torch.rand(V, generator=gen) * 1e-30]
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("V", [2, 3, 31, 257, 1000, 65536])
+@pytest.mark.parametrize("logits", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantizer_rows_identical_at_every_level(at_level, V, logits, dtype):
+    gen = torch.Generator().manual_seed(V)
+    dist = _adversarial_rows(gen, V, logits).to(dtype)
+    precision = 24 if V > 2 else 3
+    results = _per_level(at_level, lambda: ops.quantize(dist, precision, logits=logits, check=False))
+    _assert_all_equal(results)
+    # NaN, +inf (and for probabilities a negative value) report their status at every level.
+    assert (results["baseline"][1] != 0).sum() == (2 if logits else 3)
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_stream_coding_identical_at_every_level(at_level, logits):
+    """encode (the symbol path) and decode (the find path) over whole sequences."""
+    gen = torch.Generator().manual_seed(7)
+    B, T, V = 9, 300, 257
+    dist = torch.randn(B, T, V, generator=gen) * 4 if logits else torch.rand(B, T, V, generator=gen) ** 6
+    symbols = torch.randint(0, V, (B, T), generator=gen)
+    lengths = torch.randint(0, T + 1, (B,), generator=gen)
+    lengths[0], lengths[1] = 0, T
+    enc = _per_level(at_level, lambda: ops.encode(dist, symbols, lengths, 16, logits=logits))
+    _assert_all_equal(enc)
+    data, nbits = enc["baseline"]
+    dec = _per_level(at_level, lambda: ops.decode(dist, data, nbits, lengths, 16, logits=logits))
+    _assert_all_equal(dec)
+    for b in range(B):
+        assert torch.equal(dec["baseline"][b, :lengths[b]], symbols[b, :lengths[b]])
+
+
+def _peaky_int_m1():
+    torch.manual_seed(3)
+    model = M1(preset("tiny", context=64))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    return quantize_m1(model.eval())
+
+
+@pytest.mark.parametrize("method_cls, kw", [(ACMethod, {}), (EqualInfoACMethod, {"b": 16}),
+                                            (EqualInfoACMethod, {"b": 24})])
+def test_model_coding_identical_at_every_level(at_level, method_cls, kw):
+    """The stepwise stream and window coders with an integer M1 in the loop:
+    the same tokens at every level, and each level decodes them."""
+    coder = _peaky_int_m1().coder()
+    rng = random.Random(5)
+    docs = [b"", b"a", bytes(range(256)), b"\xff\xfe\x00" * 40, bytes(rng.randrange(256) for _ in range(700)),
+            b"The quick brown fox jumps over the lazy dog. " * 6]
+    method = method_cls(coder, batch=4, **kw)
+    encoded = {}
+    for level in LEVELS:
+        at_level(level)
+        encoded[level] = method.encode_batch(docs)
+        assert method.decode_batch(encoded["baseline"]) == docs
+    for level in LEVELS:
+        assert [(e.tokens.tolist(), e.exceptions) for e in encoded[level]] == \
+            [(e.tokens.tolist(), e.exceptions) for e in encoded["baseline"]], f"level {level} gives other tokens"
+
+
+# ------------------------------------------------------------ integer M1 ops
+@pytest.mark.parametrize("N, K, D", [(0, 64, 5), (1, 1, 1), (5, 130, 37), (300, 256, 257), (2, 1100, 3),
+                                     (40, 2100, 24)])
+def test_int_linear_identical_at_every_level_and_exact(at_level, N, K, D):
+    """avx512 takes torch._int_mm, the others float32 GEMMs over K slices of at
+    most 1040 (K = 1100 and 2100 cross slice boundaries); extremes saturate
+    16-bit pair sums, as an inexact int8 GEMM would."""
+    gen = torch.Generator().manual_seed(N * 7 + K)
+    x = _ints(gen, (N, K), -(1 << 22), 1 << 22)
+    w = _ints(gen, (D, K), -127, 128, torch.int8)
+    if N >= 3:
+        x[0] = (1 << 31) - 1  # every activation quantizes to +127
+        x[1] = 0
+        x[2] = -((1 << 31) - 1)
+        w[0] = 127
+        if D > 1:
+            w[1] = -127
+    mult = _ints(gen, (D,), 1 << 14, (1 << 15) + 1)
+    shift = _ints(gen, (D,), 20, 45)
+    results = _per_level(at_level, lambda: ops.int_linear(x, w, mult, shift))
+    _assert_all_equal(results)
+    if N * K * D <= 200_000:  # the pure-Python reference, where it is quick
+        want = ref.linear(x.tolist(), w.tolist(), mult.tolist(), shift.tolist())
+    else:
+        want = _linear_int64(x, w, mult, shift)
+    assert results["baseline"].tolist() == want
+
+
+def _linear_int64(x, w, mult, shift) -> list:
+    """int_reference.linear in int64 tensor arithmetic, for shapes too large
+    for pure Python (shifts > 0 only, as the callers' shift - exponent are)."""
+    x = x.long()
+    amax = x.abs().amax(1)
+    bits = sum((amax >= (1 << k)).long() for k in range(33))  # bit_length
+    e = (bits - 15).clamp_min(0)
+    mant = (amax + (1 << e) - 1) >> e
+    den = (mant << e)[:, None]
+    num = x * 127
+    q = torch.where(den > 0, torch.sign(num) * ((num.abs() + den // 2) // den.clamp_min(1)), 0)
+    acc = q @ w.long().t()
+    s = shift.long()[None, :] - e[:, None]
+    assert (s > 0).all()
+    out = (acc * mant[:, None] * mult.long()[None, :] + (1 << (s - 1))) >> s
+    return out.clamp(-(2 ** 31 - 1), 2 ** 31 - 1).tolist()
+
+
+def test_int_row_ops_identical_at_every_level_and_match_reference(at_level):
+    gen = torch.Generator().manual_seed(11)
+    C = 100
+    x = _ints(gen, (7, C), -(1 << 26), 1 << 26)
+    x[1] = 0
+    x[3] = -(1 << 31) + 1
+    gain = _ints(gen, (C,), -(1 << 18), 1 << 18)
+    norm = _per_level(at_level, lambda: ops.int_rms_norm(x, gain))
+    _assert_all_equal(norm)
+    assert norm["baseline"].tolist() == ref.rms_norm(x.tolist(), gain.tolist())
+
+    logits = _ints(gen, (6, 257), -(40 << 16), 40 << 16)
+    logits[2] = -(1 << 31) + 1
+    logits[2, 7] = (1 << 31) - 1
+    weights = _per_level(at_level, lambda: ops.int_coder_weights(logits))
+    _assert_all_equal(weights)
+    assert weights["baseline"].tolist() == ref.coder_weights(logits.tolist())
+
+    hd, L, N, H, S = 16, 37, 6, 2, 3
+    angles = torch.arange(L, dtype=torch.float64)[:, None] * torch.rand(hd // 2, generator=gen, dtype=torch.float64)
+    cos = torch.round(angles.cos() * 2 ** 30).to(torch.int32)
+    sin = torch.round(angles.sin() * 2 ** 30).to(torch.int32)
+    xr = _ints(gen, (N, H, hd), -(1 << 25), 1 << 25)
+    positions = _ints(gen, (N,), 0, L, torch.int64)
+    positions[0], positions[1], positions[2] = 0, 7, L - 1
+    rope = _per_level(at_level, lambda: ops.int_rope(xr, cos, sin, positions))
+    _assert_all_equal(rope)
+    assert rope["baseline"].tolist() == ref.rope(xr.tolist(), cos.tolist(), sin.tolist(), positions.tolist())
+
+    q = _ints(gen, (N, H, hd), -(1 << 24), 1 << 24)
+    k = _ints(gen, (S, H, L, hd), -(1 << 24), 1 << 24)
+    v = _ints(gen, (S, H, L, hd), -(1 << 24), 1 << 24)
+    streams = _ints(gen, (N,), 0, S, torch.int64)
+    att = _per_level(at_level, lambda: ops.int_attention(q, k, v, streams, positions))
+    _assert_all_equal(att)
+    assert att["baseline"].tolist() == ref.attention(q.tolist(), k.tolist(), v.tolist(), streams.tolist(),
+                                                     positions.tolist())
+
+
+def test_int_m1_weights_identical_at_every_level_with_threads(at_level):
+    """A whole integer M1 forward, 2 threads (rows split between them)."""
+    torch.set_num_threads(2)
+    model = _peaky_int_m1()
+    tokens = torch.randint(0, 256, (5, 60), generator=torch.Generator().manual_seed(2))
+    tokens[:, 0] = 256
+    _assert_all_equal(_per_level(at_level, lambda: model.window_weights(tokens)))
+
+
+# ------------------------------------------------------------ window vocabulary
+def test_vocab_match_identical_at_every_level(at_level):
+    rng = np.random.default_rng(4)
+    strings = [(bytes([i]), False) for i in range(256)] + [(b"", True)]
+    while len(strings) < 4096:
+        strings.append((rng.integers(0, 6, int(rng.integers(1, 9)), dtype=np.uint8).tobytes(),
+                        bool(rng.random() < 0.1)))
+    pool = torch.tensor(list(b"".join(s for s, _ in strings)), dtype=torch.uint8)
+    offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(s) for s, _ in strings])]), dtype=torch.int64)
+    vocab = WindowVocab(12, 10, 2, "0" * 64, "integer", 63, pool, offsets,
+                        torch.tensor([e for _, e in strings], dtype=torch.bool))
+    docs = [b"", bytes(range(256)), rng.integers(0, 6, 50_000, dtype=np.uint8).tobytes(),
+            rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()]
+    codes = {}
+    for level in LEVELS:
+        at_level(level)
+        codes[level] = [c.tolist() for c in vocab.encode(docs)]
+    assert all(codes[level] == codes["baseline"] for level in LEVELS)
+    assert vocab.decode([np.asarray(c, np.int32) for c in codes["baseline"]]) == docs
