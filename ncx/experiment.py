@@ -42,7 +42,8 @@ import torch
 from . import metrics
 from .corpus import corpus_hash, default_corpus, read_documents, split_of
 from .dataset import TokenDataset, open_dataset, write_dataset
-from .m1 import M1, load_m1_coder
+from .m1 import M1
+from .m1_loader import load_m1_coder
 from .m2 import PRESETS, preset
 from .methods import (METHOD_NAMES, DecodeError, Encoded, EqualInfoACMethod, Method, bytes_to_tokens,
                       method_from_name, method_from_spec, tokens_to_bytes)

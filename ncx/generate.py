@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .dataset import TokenDataset, open_dataset
-from .m1 import M1, load_m1_coder
+from .m1 import M1
+from .m1_loader import load_m1_coder
 from .m2 import M2
 from .methods import Method, method_from_spec
 from .train_m2 import load_model

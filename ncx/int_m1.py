@@ -41,9 +41,15 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import ops
-from .m1 import INT_FORMAT, VOCAB_SIZE, KVCacheCoder, M1, M1Config, read_checkpoint, weights_hash, write_checkpoint
+from .byte_stream import VOCAB_SIZE, join_documents, with_bos
+from .checkpoint import INT_FORMAT, read_checkpoint, weights_hash, write_checkpoint
+from .corpus import corpus_hash, default_corpus, read_documents
+from .kv_cache import KVCacheCoder
+from .m1 import M1, M1Config, load_m1
+from .train_m1 import heldout_bits_per_byte
 
 __all__ = [
     "IntM1",
@@ -53,7 +59,6 @@ __all__ = [
     "finetune_m1_quantized",
     "save_int_m1",
     "load_int_m1",
-    "INT_FORMAT",
 ]
 
 _FORMAT_VERSION = "1"
@@ -227,9 +232,7 @@ class IntM1Coder(KVCacheCoder):
 def _input_amax(model: M1, docs: Sequence[bytes], max_symbols: int) -> dict[str, torch.Tensor]:
     """Per-channel largest |input| of every linear layer (and of the head) over
     the first max_symbols symbols of docs, from the float forward."""
-    from .train_m1 import _join, _with_bos
-
-    stream = _join(docs)[:max_symbols]
+    stream = join_documents(docs)[:max_symbols]
     T = model.config.context
     n = max(1, len(stream) // T)
     if len(stream) < T:
@@ -252,7 +255,7 @@ def _input_amax(model: M1, docs: Sequence[bytes], max_symbols: int) -> dict[str,
     try:
         device = model.wte.weight.device
         for i in range(0, windows.shape[0], 16):
-            model(_with_bos(windows[i:i + 16]).to(device))
+            model(with_bos(windows[i:i + 16]).to(device))
     finally:
         for h in handles:
             h.remove()
@@ -337,9 +340,6 @@ def calibrate_smoothing(model: M1, docs: Sequence[bytes], alphas: Sequence[float
     model with the lowest bits/byte on the first max_symbols symbols of docs.
     The choice and every candidate's bits/byte are recorded in
     IntM1.calibration."""
-    from .corpus import corpus_hash
-    from .train_m1 import heldout_bits_per_byte
-
     model = copy.deepcopy(model).float().cpu().eval()  # the caller's model keeps its device and mode
     stats = _input_amax(model, docs, max_symbols)
     results, best = [], None
@@ -384,17 +384,13 @@ def finetune_m1_quantized(model: M1, docs: Sequence[bytes], steps: int, batch_si
     forward (straight-through gradients): quantization-aware fine-tuning,
     which can recover bits/byte the plain conversion loses. Returns a float M1
     to convert with quantize_m1/calibrate_smoothing."""
-    import torch.nn.functional as F
-
-    from .train_m1 import _join, _with_bos
-
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     tuned = copy.deepcopy(model).float().train()
     for block in tuned.blocks:
         for lin in _LINEARS:
             setattr(block, lin, _FakeQuantLinear(getattr(block, lin)))
-    data = _join(docs)
+    data = join_documents(docs)
     T = tuned.config.context
     if len(data) < T + 1:
         raise ValueError(f"fine-tuning data has {len(data)} symbols, fewer than one window of {T}")
@@ -405,7 +401,7 @@ def finetune_m1_quantized(model: M1, docs: Sequence[bytes], steps: int, batch_si
     for _ in range(steps):
         starts = torch.randint(0, len(data) - T + 1, (batch_size,), generator=gen)
         y = data[starts[:, None] + offsets].to(device)
-        logits = tuned(_with_bos(y))
+        logits = tuned(with_bos(y))
         loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -448,7 +444,8 @@ def load_int_m1(path: str, device: str | torch.device = "cpu") -> tuple[IntM1, d
     "weights_hash", "source_weights_hash", "calibration" and "summary".
     Raises FileNotFoundError if path is missing, ValueError if it is not an
     integer M1 checkpoint, is corrupt, or its tensors do not fit its config."""
-    metadata, state, config, digest = read_checkpoint(path, INT_FORMAT, _FORMAT_VERSION)
+    metadata, state, digest = read_checkpoint(path, INT_FORMAT, _FORMAT_VERSION)
+    config = M1Config.from_json(metadata["config"])
     expected = _expected_shapes(config)
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -510,10 +507,6 @@ def _parse_smoothing(text: str) -> list[float | None]:
 
 
 def run(args) -> int:
-    from .corpus import default_corpus, read_documents
-    from .m1 import load_m1
-    from .train_m1 import heldout_bits_per_byte
-
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -57,6 +57,7 @@ import torch
 from . import dataset as ds
 from .coder import WINDOW_RULE
 from .corpus import SPLITS, _files_under, corpus_hash, default_corpus, read_documents
+from .m1_loader import load_m1_coder
 from .methods import METHOD_NAMES, Encoded, EqualInfoACMethod, Method, method_from_name, \
     method_from_spec
 from .window_vocab import VOCAB_FILE, WindowVocab, build_window_vocab, dataset_vocab, load_window_vocab
@@ -184,8 +185,6 @@ def _default_device() -> str:
 
 def _load_m1_coder(path: str, device: str | None):
     """(coder, M1Config) of a checkpoint: an integer M1 codes with integers."""
-    from .m1 import load_m1_coder
-
     coder, info = load_m1_coder(path, device=device or _default_device())
     return coder, info["config"]
 

@@ -1,12 +1,14 @@
 """M1: the byte-level language model whose next-byte distributions drive the
-arithmetic coder. One file: config and presets, the model (full-window forward
-for training), the coding path with a KV cache (M1Coder), and checkpoints.
+arithmetic coder: config and presets, the model (full-window forward for
+training), the float coding path (M1Coder, on the KV cache of ncx.kv_cache),
+and saving and loading float checkpoints (file format: ncx.checkpoint; to
+code with either a float or an integer checkpoint: ncx.m1_loader).
 
-Symbols. M1 predicts 257 symbols: the 256 byte values and EOS = 256, which
-the paper appends to every document. EOS doubles as BOS: position 0 of every
-context holds symbol 256, so a context starts as if right after a document
-ended. This is also the T5-style decoder start the paper's M1 had, and it
-needs no 258th input symbol.
+Symbols (ncx.byte_stream). M1 predicts 257 symbols: the 256 byte values and
+EOS = 256, which the paper appends to every document. EOS doubles as BOS:
+position 0 of every context holds symbol 256, so a context starts as if right
+after a document ended. This is also the T5-style decoder start the paper's
+M1 had, and it needs no 258th input symbol.
 
 Positions. The paper's M1 used T5 relative position biases; M1 uses rotary
 embeddings (RoPE) instead: they need no learned tables, cost nothing per
@@ -45,15 +47,17 @@ but it is never used for coding.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .byte_stream import BOS, EOS, VOCAB_SIZE
+from .checkpoint import FLOAT_FORMAT, read_checkpoint, weights_hash, write_checkpoint
+from .kv_cache import KVCacheCoder
 
 __all__ = [
     "VOCAB_SIZE",
@@ -63,17 +67,10 @@ __all__ = [
     "PRESETS",
     "preset",
     "M1",
-    "KVCacheCoder",
     "M1Coder",
-    "weights_hash",
     "save_m1",
     "load_m1",
-    "load_m1_coder",
 ]
-
-VOCAB_SIZE = 257  # 256 byte values + EOS
-EOS = 256
-BOS = EOS  # fed at position 0 of every context
 
 # Fixed-point fraction bits of the exact linear layers: operands are integers
 # with |v| <= 2**FRAC_BITS, so a fan-in of K sums to at most K * 2**(2*FRAC_BITS),
@@ -346,88 +343,6 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
     return num / _tree_sum(w, -1)[..., None]
 
 
-class KVCacheCoder:
-    """What the float and the integer coding paths share: the ContextModel
-    interface of ncx.model_coding, the checks of a step's tokens and positions,
-    and the per-stream KV caches.
-
-    Stream b is row b of every call. At position p a stream's context holds
-    BOS at 0 and the tokens fed at positions 1..p-1 since its last reset; the
-    call stores the token's key/value at p and returns the distribution of the
-    symbol at p + 1. Position 0 starts a fresh context (the token passed
-    there is ignored: position 0 always holds BOS). A stream's position may
-    stay, go back, or advance by one; skipping ahead is an error. The cache
-    grows with the largest batch and position seen.
-    """
-
-    vocab_size = VOCAB_SIZE
-    bos = BOS
-
-    def __init__(self, config: M1Config, device: torch.device, cache_dtype: torch.dtype):
-        self.config = config
-        self.max_symbols = config.context - 1
-        self.device = device
-        H, hd = config.n_head, config.head_dim
-        self.k_cache = [torch.zeros(0, H, 0, hd, dtype=cache_dtype, device=device) for _ in range(config.n_layer)]
-        self.v_cache = [torch.zeros(0, H, 0, hd, dtype=cache_dtype, device=device) for _ in range(config.n_layer)]
-        self.filled = torch.zeros(0, dtype=torch.int64, device=device)  # (N,) valid cache entries per stream
-
-    def _reserve(self, streams: int, length: int) -> None:
-        """Grow the caches to at least `streams` rows and `length` positions
-        (lengths double, so growth is rare). New entries are zero: finite, so
-        masked attention terms are exact zeros."""
-        N, Lcap = self.k_cache[0].shape[0], self.k_cache[0].shape[2]
-        if streams <= N and length <= Lcap:
-            return
-        new_N = max(N, streams)
-        new_L = Lcap if length <= Lcap else min(max(16, 1 << (length - 1).bit_length()), self.config.context)
-        for caches in (self.k_cache, self.v_cache):
-            for i, old in enumerate(caches):
-                new = old.new_zeros(new_N, old.shape[1], new_L, old.shape[3])
-                new[:N, :, :Lcap] = old
-                caches[i] = new
-        self.filled = torch.cat([self.filled, self.filled.new_zeros(new_N - N)])
-
-    def fork(self, parents: torch.Tensor) -> None:
-        """Stream i becomes a copy of stream parents[i] (its cache and fill level), for every i;
-        streams past len(parents) are dropped. Caches hold each stream's own rows, so a copy
-        continues exactly as its parent would: the window vocabulary's build runs M1 once per
-        distinct prefix and branches there."""
-        parents = parents.to(self.device, torch.int64)
-        for caches in (self.k_cache, self.v_cache):
-            for i, cache in enumerate(caches):
-                caches[i] = cache[parents]
-        self.filled = self.filled[parents]
-
-    def _begin_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Check a step's arguments, make room in the caches and record the new
-        fill levels. Returns (tokens with BOS at position 0, positions, both
-        int64 on the coder's device, and the largest position)."""
-        if tokens.dim() != 1 or positions.shape != tokens.shape:
-            raise ValueError(f"tokens and positions must be 1-D of the same length, got "
-                             f"{tuple(tokens.shape)} and {tuple(positions.shape)}")
-        B = tokens.shape[0]
-        tokens = tokens.to(self.device, torch.int64)
-        positions = positions.to(self.device, torch.int64)
-        N = self.filled.shape[0]
-        filled = self.filled[:B] if B <= N else torch.cat([self.filled, self.filled.new_zeros(B - N)])
-        checked = torch.where(positions == 0, BOS, tokens)
-        jumped = positions > filled
-        lo_pos, hi_pos, lo_tok, hi_tok, n_jumped = torch.stack([
-            positions.min(), positions.max(), checked.min(), checked.max(), jumped.sum()]).tolist()
-        if lo_pos < 0 or hi_pos > self.max_symbols:
-            raise ValueError(f"positions must be in [0, {self.max_symbols}], got [{lo_pos}, {hi_pos}]")
-        if lo_tok < 0 or hi_tok >= VOCAB_SIZE:
-            raise ValueError(f"tokens must be in [0, {VOCAB_SIZE - 1}], got [{lo_tok}, {hi_tok}]")
-        if n_jumped:
-            b = int(torch.nonzero(jumped)[0, 0])
-            raise ValueError(f"stream {b} skipped ahead to position {int(positions[b])} with only "
-                             f"{int(filled[b])} positions filled")
-        self._reserve(B, hi_pos + 1)
-        self.filled[:B] = positions + 1
-        return checked, positions, hi_pos
-
-
 class M1Coder(KVCacheCoder):
     """M1's float coding path: one step of many independent streams with a
     KV cache (see KVCacheCoder), `coder(tokens, positions)` -> float32 logits
@@ -498,85 +413,14 @@ class M1Coder(KVCacheCoder):
 
 
 # ------------------------------------------------------------ checkpoints
-_FORMAT = "ncx-m1"
 _FORMAT_VERSION = "1"
-INT_FORMAT = "ncx-m1-int"  # integer M1 checkpoints (ncx.int_m1)
-
-
-def weights_hash(model_or_state: nn.Module | dict) -> str:
-    """sha256 (hex) over the weights: each tensor's name, dtype, shape and
-    little-endian bytes, in sorted name order. Identifies an M1 in artifacts."""
-    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def write_checkpoint(state: dict[str, torch.Tensor], path: str, fmt: str, version: str, config: M1Config,
-                     summary: dict | None = None, **extra: str) -> str:
-    """Write tensors to a safetensors checkpoint atomically (a temporary
-    name, then a rename) with metadata: the format and its version, the
-    config (JSON), the weights' sha256, the JSON summary and the extra string
-    fields. Returns the weights hash."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    digest = weights_hash(state)
-    metadata = {"format": fmt, "format_version": version, "config": config.to_json(), "weights_sha256": digest,
-                "summary": json.dumps(summary or {}, sort_keys=True), **extra}
-    tmp = f"{path}.tmp{os.getpid()}"
-    save_file(state, tmp, metadata=metadata)
-    os.replace(tmp, path)
-    return digest
 
 
 def save_m1(model: M1, path: str, summary: dict | None = None) -> str:
     """Write model to a safetensors file (atomically). Metadata: the config
     (JSON), the weights hash and an optional JSON-serializable training
     summary. Returns the weights hash."""
-    return write_checkpoint(model.state_dict(), path, _FORMAT, _FORMAT_VERSION, model.config, summary)
-
-
-_CHECKPOINT_KINDS = {_FORMAT: "a float M1 checkpoint", INT_FORMAT: "an integer M1 checkpoint"}
-
-
-def _open_checkpoint(path: str, with_tensors: bool) -> tuple[dict, dict]:
-    """(metadata, tensors) of a safetensors file (tensors empty unless asked)."""
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such M1 checkpoint")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
-
-
-def read_checkpoint(path: str, fmt: str, version: str) -> tuple[dict, dict, M1Config, str]:
-    """Open an M1 checkpoint of format fmt (float "ncx-m1" or integer
-    "ncx-m1-int") and check it: format, format version, and the weights
-    against their recorded sha256. Returns (metadata, tensors, config,
-    weights hash). FileNotFoundError if missing; ValueError, naming the
-    problem, for anything else."""
-    metadata, state = _open_checkpoint(path, with_tensors=True)
-    found = metadata.get("format")
-    if found != fmt or "config" not in metadata:
-        if found in _CHECKPOINT_KINDS:
-            raise ValueError(f"{path}: {_CHECKPOINT_KINDS[found]}, not {_CHECKPOINT_KINDS[fmt]} "
-                             f"(ncx.m1.load_m1_coder loads either kind for coding)")
-        raise ValueError(f"{path}: not an M1 checkpoint (no {fmt} metadata)")
-    if metadata.get("format_version") != version:
-        raise ValueError(f"{path}: {_CHECKPOINT_KINDS[fmt]} of format version "
-                         f"{metadata.get('format_version')!r}; this ncx reads {version!r}")
-    digest = weights_hash(state)
-    if digest != metadata.get("weights_sha256"):
-        raise ValueError(f"{path}: weights hash {digest[:16]}... does not match the recorded "
-                         f"{str(metadata.get('weights_sha256'))[:16]}...: the file is corrupt")
-    return metadata, state, M1Config.from_json(metadata["config"]), digest
+    return write_checkpoint(model.state_dict(), path, FLOAT_FORMAT, _FORMAT_VERSION, model.config, summary)
 
 
 def load_m1(path: str, device: str | torch.device = "cpu") -> tuple[M1, dict]:
@@ -584,7 +428,8 @@ def load_m1(path: str, device: str | torch.device = "cpu") -> tuple[M1, dict]:
     "config" (M1Config), "weights_hash" and "summary" (dict). Raises
     FileNotFoundError if path is missing, ValueError if it is not a float M1
     safetensors checkpoint or its weights do not match their recorded hash."""
-    metadata, state, config, digest = read_checkpoint(path, _FORMAT, _FORMAT_VERSION)
+    metadata, state, digest = read_checkpoint(path, FLOAT_FORMAT, _FORMAT_VERSION)
+    config = M1Config.from_json(metadata["config"])
     model = M1(config)
     try:
         model.load_state_dict(state)
@@ -593,25 +438,3 @@ def load_m1(path: str, device: str | torch.device = "cpu") -> tuple[M1, dict]:
     model.to(device).eval()
     info = {"config": config, "weights_hash": digest, "summary": json.loads(metadata.get("summary") or "{}")}
     return model, info
-
-
-def checkpoint_format(path: str) -> str:
-    """The "format" recorded in a checkpoint's metadata ("ncx-m1" for a float
-    M1, "ncx-m1-int" for an integer one), read without loading the weights."""
-    return _open_checkpoint(path, with_tensors=False)[0].get("format", "")
-
-
-def load_m1_coder(path: str, device: str | torch.device = "cpu"):
-    """The coding path of an M1 checkpoint, float or integer -> (coder, info):
-    an M1Coder for a float M1 (ncx.m1), an IntM1Coder for an integer one
-    (ncx.int_m1). info as load_m1 / load_int_m1 give it, plus "arithmetic"
-    ("float" or "integer"). Coding uses the integer path whenever the
-    checkpoint is integer."""
-    from .int_m1 import load_int_m1
-
-    if checkpoint_format(path) == INT_FORMAT:
-        model, info = load_int_m1(path, device)
-    else:
-        model, info = load_m1(path, device)
-    info["arithmetic"] = model.arithmetic
-    return model.coder(), info

@@ -33,8 +33,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import m1 as m1_module
 from . import ops
+from .byte_stream import EOS, VOCAB_SIZE
 from .coder import WINDOW_RULE
 from .model_coding import EncodedWindows, decode_streams, decode_windows, encode_streams, encode_windows
 
@@ -328,8 +328,8 @@ class _StaticModel:
 
     logits = False
     arithmetic = "float"
-    bos = m1_module.EOS
-    vocab_size = m1_module.VOCAB_SIZE
+    bos = EOS
+    vocab_size = VOCAB_SIZE
     device = "cpu"
 
     def __init__(self, probs: torch.Tensor, max_symbols: int = 1 << 30):
@@ -367,8 +367,8 @@ class StaticACMethod(Method):
     def __init__(self, counts: Sequence[int], v: int = 256, precision: int = 16, batch: int = 256):
         _check_v(v)
         counts = torch.as_tensor(list(counts), dtype=torch.float64)
-        if counts.shape != (m1_module.VOCAB_SIZE,):
-            raise ValueError(f"StaticAC needs {m1_module.VOCAB_SIZE} counts (256 bytes + EOS), got {tuple(counts.shape)}")
+        if counts.shape != (VOCAB_SIZE,):
+            raise ValueError(f"StaticAC needs {VOCAB_SIZE} counts (256 bytes + EOS), got {tuple(counts.shape)}")
         self.counts = [int(c) for c in counts.tolist()]
         self.vocab_size, self.precision, self.batch = v, precision, batch
         probs = (counts + 1.0) / float(counts.sum() + len(counts))  # add-one: every byte codable
@@ -376,10 +376,10 @@ class StaticACMethod(Method):
 
     @classmethod
     def fit(cls, docs: Sequence[bytes], v: int = 256, **kw) -> "StaticACMethod":
-        counts = np.zeros(m1_module.VOCAB_SIZE, dtype=np.int64)
+        counts = np.zeros(VOCAB_SIZE, dtype=np.int64)
         for d in docs:
             counts[:256] += np.bincount(np.frombuffer(d, dtype=np.uint8), minlength=256)
-        counts[m1_module.EOS] = len(docs)
+        counts[EOS] = len(docs)
         return cls(counts.tolist(), v, **kw)
 
     @property
@@ -399,7 +399,7 @@ class StaticACMethod(Method):
         for lo in range(0, len(docs), self.batch):
             part = docs[lo:lo + self.batch]
             T = max(len(d) for d in part) + 1
-            sym = torch.full((len(part), T), m1_module.EOS, dtype=torch.int64)
+            sym = torch.full((len(part), T), EOS, dtype=torch.int64)
             for r, d in enumerate(part):
                 if d:
                     sym[r, :len(d)] = torch.frombuffer(bytearray(d), dtype=torch.uint8)
@@ -436,7 +436,7 @@ class StaticACMethod(Method):
                     out.append(b"")
                     continue
                 row = sym[r, :lengths[r]]
-                cut = torch.nonzero(row == m1_module.EOS)
+                cut = torch.nonzero(row == EOS)
                 end = int(cut[0, 0]) if len(cut) else len(row)
                 if not lenient and end != e.byte_count:
                     raise DecodeError(f"document {lo + r}: StaticAC stream ends at symbol {end}, "
@@ -456,12 +456,12 @@ def _decode_ac(encoded, model, precision, v, batch, lenient) -> list[bytes]:
             if not len(data):
                 result.append(b"")  # no tokens, no text
                 continue
-            cut = torch.nonzero(sym == m1_module.EOS)
+            cut = torch.nonzero(sym == EOS)
             result.append(_symbols_to_bytes(sym[: int(cut[0, 0])] if len(cut) else sym))
         return result
     lengths = [e.byte_count for e in encoded]
     try:
-        out = decode_streams(streams, model, precision, eos=m1_module.EOS, lengths=lengths, batch=batch)
+        out = decode_streams(streams, model, precision, eos=EOS, lengths=lengths, batch=batch)
     except ValueError as err:
         raise DecodeError(str(err)) from None
     return [_symbols_to_bytes(s) for s in out]
@@ -500,7 +500,7 @@ class ACMethod(_M1Method):
         return {"kind": "ac", "v": self.vocab_size, "precision": self.precision, **self._m1_spec()}
 
     def _encode_docs(self, docs):
-        return _pack_streams(encode_streams(docs, self.coder, self.precision, m1_module.EOS, self.batch),
+        return _pack_streams(encode_streams(docs, self.coder, self.precision, EOS, self.batch),
                              self.vocab_size)
 
     def _decode_docs(self, encoded, lenient):
@@ -575,7 +575,7 @@ class EqualInfoACMethod(_M1Method):
         return out
 
     def _encode_with_m1(self, docs):
-        windows = encode_windows(docs, self.coder, self.b, self.precision, m1_module.EOS, self.batch)
+        windows = encode_windows(docs, self.coder, self.b, self.precision, EOS, self.batch)
         return [(bytes_to_tokens(w.codes.numpy().tobytes(), self.vocab_size), w.exceptions) for w in windows]
 
     def _decode_docs(self, encoded, lenient):
@@ -590,7 +590,7 @@ class EqualInfoACMethod(_M1Method):
             codes = torch.frombuffer(bytearray(data[: n * nb]), dtype=torch.uint8).view(n, nb) if n else \
                 torch.zeros(0, nb, dtype=torch.uint8)
             windows.append(EncodedWindows(codes, torch.zeros(n, dtype=torch.int32), list(e.exceptions)))
-        out = decode_windows(windows, self.coder, self.b, self.precision, m1_module.EOS, self.batch)
+        out = decode_windows(windows, self.coder, self.b, self.precision, EOS, self.batch)
         return [_symbols_to_bytes(s) for s in out]
 
 

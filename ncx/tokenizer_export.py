@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.vocab:
         vocab = load_window_vocab(args.vocab)
     else:
-        from .m1 import load_m1_coder
+        from .m1_loader import load_m1_coder
 
         vocab = build_window_vocab(load_m1_coder(args.m1)[0], b=16, progress=True)
     summary = export_window_vocab(vocab, args.out)

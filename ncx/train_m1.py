@@ -29,25 +29,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .byte_stream import EOS, VOCAB_SIZE, join_documents, with_bos
 from .corpus import corpus_hash, default_corpus, read_documents, split_of
-from .m1 import BOS, EOS, M1, PRESETS, VOCAB_SIZE, M1Config, preset, save_m1
+from .m1 import M1, PRESETS, M1Config, preset, save_m1
 
 __all__ = ["train_m1", "heldout_bits_per_byte", "add_arguments", "run"]
-
-
-def _join(docs: Sequence[bytes]) -> torch.Tensor:
-    """Documents -> one int64 symbol stream, EOS after each document."""
-    parts = []
-    for d in docs:
-        parts.append(torch.frombuffer(bytearray(d), dtype=torch.uint8).to(torch.int64) if len(d)
-                     else torch.zeros(0, dtype=torch.int64))
-        parts.append(torch.tensor([EOS]))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
-
-
-def _with_bos(chunks: torch.Tensor) -> torch.Tensor:
-    """Targets (B, T) -> inputs (B, T): BOS, then the targets shifted right."""
-    return torch.cat([torch.full_like(chunks[:, :1], BOS), chunks[:, :-1]], dim=1)
 
 
 @torch.no_grad()
@@ -57,7 +43,7 @@ def heldout_bits_per_byte(model, docs: Sequence[bytes], batch_size: int = 16,
     at most max_symbols symbols of the joined stream when given. model: an M1
     (its logits), or an integer M1 (ncx.int_m1.IntM1: the log-probabilities
     of the frequencies its coder uses)."""
-    stream = _join(docs)
+    stream = join_documents(docs)
     if max_symbols is not None:
         stream = stream[:max_symbols]
     text_bytes = int((stream != EOS).sum())
@@ -77,7 +63,7 @@ def heldout_bits_per_byte(model, docs: Sequence[bytes], batch_size: int = 16,
     total_nats = 0.0
     for i in range(0, n, batch_size):
         y = targets[i:i + batch_size].to(device)
-        logits = forward(_with_bos(y.clamp(min=0)))  # padding positions come last: causality hides them
+        logits = forward(with_bos(y.clamp(min=0)))  # padding positions come last: causality hides them
         total_nats += float(F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), y.reshape(-1), reduction="sum"))
     if is_float:
         model.train(was_training)
@@ -107,7 +93,7 @@ def train_m1(config: M1Config, train_docs: Sequence[bytes], heldout_docs: Sequen
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    data = _join(train_docs)
+    data = join_documents(train_docs)
     T = config.context
     if len(data) < T + 1:
         raise ValueError(f"training data has {len(data)} symbols (with EOS), fewer than one window of "
@@ -144,7 +130,7 @@ def train_m1(config: M1Config, train_docs: Sequence[bytes], heldout_docs: Sequen
             group["lr"] = _lr_at(frac, done, warmup, lr)
         starts = torch.randint(0, len(data) - T + 1, (batch_size,), generator=gen)
         y = data[starts[:, None] + offsets].to(device)  # (B, T)
-        logits = model(_with_bos(y))  # (B, T, 257)
+        logits = model(with_bos(y))  # (B, T, 257)
         loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from . import ops  # registers torch.ops.ncx
+from .byte_stream import EOS
 from .coder import WINDOW_RULE, WindowDecoder
-from .m1 import EOS  # the end-of-document symbol
 
 # The native ops read EOS from their own header: it must be M1's.
 if ops._C.VOCAB_EOS != EOS:

@@ -28,7 +28,8 @@ from ncx.int_m1 import (
     quantize_m1,
     save_int_m1,
 )
-from ncx.m1 import BOS, M1, load_m1_coder, preset, save_m1
+from ncx.m1 import BOS, M1, preset, save_m1
+from ncx.m1_loader import load_m1_coder
 from ncx.methods import ACMethod, EqualInfoACMethod, method_from_spec
 from ncx.train_m1 import heldout_bits_per_byte
 

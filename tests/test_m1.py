@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ncx.cli import main as cli_main
+from ncx.checkpoint import weights_hash
 from ncx.corpus import corpus_hash, default_corpus
-from ncx.m1 import (BOS, EOS, PRESETS, VOCAB_SIZE, M1, M1Coder, M1Config, load_m1, preset, save_m1,
-                    weights_hash)
+from ncx.m1 import BOS, EOS, PRESETS, VOCAB_SIZE, M1, M1Coder, M1Config, load_m1, preset, save_m1
 from ncx.train_m1 import heldout_bits_per_byte, train_m1
 
 
