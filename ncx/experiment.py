@@ -45,18 +45,15 @@ from .dataset import TokenDataset, open_dataset, write_dataset
 from .m1 import M1
 from .m1_loader import load_m1_coder
 from .m2 import PRESETS, preset
-from .methods import (METHOD_NAMES, DecodeError, Encoded, EqualInfoACMethod, Method, bytes_to_tokens,
-                      method_from_name, method_from_spec, tokens_to_bytes)
+from .methods import (BIT_STREAM_METHODS, M1_METHODS, METHOD_NAMES, METHODS, DecodeError, Encoded,
+                      EqualInfoACMethod, Method, bytes_to_tokens, method_from_name, method_from_spec,
+                      tokens_to_bytes)
 from .train_m2 import train_m2
 from .window_vocab import build_window_vocab, load_window_vocab
 
 __all__ = ["MethodRequest", "parse_method", "parse_methods", "chunk_documents", "default_threads",
            "run_experiment", "results_table", "plot_results", "add_arguments", "run"]
 
-# Methods whose tokens are a bit stream cut into 8- or 16-bit pieces: one coding serves both v.
-_BIT_STREAM_KINDS = ("gzip", "static_ac", "ac", "equal_info_ac")
-_M1_KINDS = ("ac", "equal_info_ac")
-_PARAM_ALIASES = {"sentencepiece": {"v": "vocab_size"}}
 DATASET_KEY = "experiment"   # manifest extra entry identifying what a dataset was made from
 RUN_KEY_FILE = "experiment.json"
 
@@ -114,7 +111,7 @@ def parse_method(text: str) -> MethodRequest:
         if "=" not in item:
             raise ValueError(f"method {text!r}: parameter {item.strip()!r} is not key=value")
         key, value = (s.strip() for s in item.split("=", 1))
-        key = _PARAM_ALIASES.get(kind, {}).get(key, key)
+        key = METHODS[kind].aliases.get(key, key)
         params[key] = _parse_value(value, f"method {text!r}")
     return MethodRequest(kind, tuple(sorted(params.items())))
 
@@ -307,7 +304,7 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
     """Compress both splits with one method (or reuse matching, intact datasets that decode
     with this ncx) and check that the stored held-out dataset decodes back to the documents
     exactly."""
-    uses_m1 = req.kind in _M1_KINDS
+    uses_m1 = req.kind in M1_METHODS
     m1_hash = m1_coder.weights_hash if uses_m1 and m1_coder is not None else None
     flops = m1_flops if uses_m1 else 0.0
     keys = {split: {"method": req.label, "m1": m1_hash, "split": split, "docs_sha256": corpus_hash(docs)}
@@ -322,11 +319,12 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
         train_ds, heldout_ds, fresh = found["train"], found["heldout"], False
         log(f"[compress] {method.name}: reusing {dirs['train'].parent}")
         info["reused"] = True
-        if req.kind in _BIT_STREAM_KINDS and method.vocab_size == 256:
+        if req.kind in BIT_STREAM_METHODS and method.vocab_size == 256:
             shared[req] = {"method": method, "train": encoded_from_dataset(train_ds),
                            "heldout": encoded_from_dataset(heldout_ds)}
     else:
-        base = req.with_v(256) if req.kind in _BIT_STREAM_KINDS else None
+        # A bit stream cut into 8- or 16-bit tokens: the v=256 coding serves v=65536 too.
+        base = req.with_v(256) if req.kind in BIT_STREAM_METHODS else None
         source = shared.get(base) if base is not None and req.kwargs.get("v") == 65536 else None
         t0 = time.perf_counter()
         if source is not None:
@@ -345,7 +343,7 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
         seconds = time.perf_counter() - t0
         if vocab is not None and source is None:
             _check_vocab_against_m1(method, heldout_docs, log)
-        if req.kind in _BIT_STREAM_KINDS and method.vocab_size == 256:
+        if req.kind in BIT_STREAM_METHODS and method.vocab_size == 256:
             shared[req] = {"method": method, **encoded}
         train_ds = _write_split(dirs["train"], method, train_docs, encoded["train"], keys["train"], flops)
         heldout_ds = _write_split(dirs["heldout"], method, heldout_docs, encoded["heldout"], keys["heldout"],
@@ -471,7 +469,7 @@ def run_experiment(
         m1_flops = float(m1_config.flops_per_byte)
         m1_info = {"weights_hash": m1_coder.weights_hash, "flops_per_byte": m1_flops,
                    "non_embedding_params": m1_config.non_embedding_params, "arithmetic": m1_coder.arithmetic}
-    elif any(r.kind in _M1_KINDS for r in requests):
+    elif any(r.kind in M1_METHODS for r in requests):
         raise ValueError("methods ac and equal_info_ac code with M1: give an M1 (checkpoint)")
 
     hparams = {"batch_size": batch_size, "seq_len": seq_len, "lr": lr, "warmup": warmup, "seed": seed}

@@ -22,15 +22,12 @@ from .dataset import TokenDataset, open_dataset
 from .m1 import M1
 from .m1_loader import load_m1_coder
 from .m2 import M2
-from .methods import Method, method_from_spec
+from .methods import M1_METHODS, Method, method_from_spec
 from .train_m2 import load_model
 from .window_vocab import dataset_vocab
 
 __all__ = ["method_of_dataset", "prompt_length", "dataset_prompts", "sample_texts", "format_sample",
            "add_arguments", "run"]
-
-_M1_KINDS = ("ac", "equal_info_ac")
-
 
 def method_of_dataset(ds: TokenDataset | str | os.PathLike, m1: M1 | str | os.PathLike | None = None) -> Method:
     """The compression method recorded in a dataset's manifest, rebuilt; methods that code with
@@ -43,7 +40,7 @@ def method_of_dataset(ds: TokenDataset | str | os.PathLike, m1: M1 | str | os.Pa
                          f"(a 'kind' field, as ncx experiment writes), so its tokens cannot be decoded")
     coder = None
     vocab = dataset_vocab(ds)
-    if spec["kind"] in _M1_KINDS and not (vocab is not None and m1 is None):
+    if spec["kind"] in M1_METHODS and not (vocab is not None and m1 is None):
         if m1 is None:
             raise ValueError(f"{ds.path}: {spec.get('name', spec['kind'])} tokens decode with M1: pass --m1 CKPT")
         coder = m1.coder() if isinstance(m1, M1) else load_m1_coder(str(m1))[0]

@@ -58,8 +58,8 @@ from . import dataset as ds
 from .coder import WINDOW_RULE
 from .corpus import SPLITS, _files_under, corpus_hash, default_corpus, read_documents
 from .m1_loader import load_m1_coder
-from .methods import METHOD_NAMES, Encoded, EqualInfoACMethod, Method, method_from_name, \
-    method_from_spec
+from .methods import (FITTED_METHODS, M1_METHODS, METHOD_NAMES, METHODS, Encoded, EqualInfoACMethod, Method,
+                      method_from_name, method_from_spec)
 from .window_vocab import VOCAB_FILE, WindowVocab, build_window_vocab, dataset_vocab, load_window_vocab
 
 __all__ = ["compress", "decompress", "inspect_dataset", "shard_ranges", "add_arguments", "run",
@@ -71,17 +71,6 @@ _JOB_FORMAT = "ncx-compress-job"
 _JOB_FORMAT_VERSION = 1
 DEFAULT_SHARD_BYTES = 1 << 22  # 4 MiB of input text per shard
 
-FITTED_METHODS = ("sentencepiece", "static_ac")
-M1_METHODS = ("ac", "equal_info_ac")
-# The parameters each method takes (CLI flag -> method_from_name keyword).
-_METHOD_PARAMS = {
-    "bytes": (),
-    "gzip": ("v",),
-    "sentencepiece": ("vocab_size",),
-    "static_ac": ("v",),
-    "ac": ("v",),
-    "equal_info_ac": ("b", "v"),
-}
 _PARAM_DEFAULTS = {"b": 16, "v": 256, "vocab_size": 8000}
 # EqualInfoAC's engines: "vocab" encodes by longest match over the window vocabulary built
 # from M1 (the default for b = 16), "m1" runs M1 in the loop (the reference; any b).
@@ -169,9 +158,9 @@ def _load_documents(data: Sequence[str] | None, split: str | None, text_field: s
 def _method_params(method: str, given: dict) -> dict:
     """The method's parameters: given ones (None = not given) checked against what the
     method takes, the rest from the defaults."""
-    if method not in _METHOD_PARAMS:
+    if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}; choose from {', '.join(METHOD_NAMES)}")
-    takes = _METHOD_PARAMS[method]
+    takes = METHODS[method].params
     for name, value in given.items():
         if value is not None and name not in takes:
             raise ValueError(f"{_FLAG[name]} does not apply to method {method} (it takes "

@@ -28,7 +28,7 @@ import re
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,9 +47,14 @@ __all__ = [
     "StaticACMethod",
     "ACMethod",
     "EqualInfoACMethod",
+    "MethodKind",
+    "METHODS",
+    "METHOD_NAMES",
+    "FITTED_METHODS",
+    "M1_METHODS",
+    "BIT_STREAM_METHODS",
     "method_from_name",
     "method_from_spec",
-    "METHOD_NAMES",
     "DecodeError",
     "bytes_to_tokens",
     "tokens_to_bytes",
@@ -607,59 +612,92 @@ def _check_vocab(vocab, b: int, precision: int, m1_coder) -> None:
                          f"{m1_coder.weights_hash[:16]}...")
 
 
-# ------------------------------------------------------------ by name
-METHOD_NAMES = ("bytes", "sentencepiece", "gzip", "static_ac", "ac", "equal_info_ac")
+# ------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class MethodKind:
+    """A method as the registry knows it: its name (the spec's "kind"), the
+    parameters method_from_name takes for it, what building it needs, and how
+    to build it from a name (build) or rebuild it from its spec() (rebuild)."""
+
+    name: str
+    build: Callable[..., Method]  # (train_docs, m1_coder, **params)
+    rebuild: Callable[[dict, object, object], Method]  # (spec, m1_coder, vocab)
+    params: tuple[str, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)  # short names of params, e.g. v -> vocab_size
+    fitted: bool = False  # fitted on training documents
+    uses_m1: bool = False  # codes with M1
+    bit_stream: bool = False  # tokens are a bit stream cut into 8- or 16-bit pieces
+
+
+def _check_spec_m1(spec: dict, m1_coder, vocab) -> None:
+    """The M1 given to rebuild a spec that codes with M1 is the one that coded it; a window
+    vocabulary (EqualInfoAC only; None otherwise) built from that M1 may stand in for it."""
+    if vocab is not None and vocab.m1_hash != spec["m1"]:
+        raise ValueError(f"wrong window vocabulary: the data was coded with M1 {spec['m1'][:16]}..., the "
+                         f"vocabulary was built from M1 {vocab.m1_hash[:16]}...")
+    if m1_coder is None and vocab is None:
+        raise ValueError(f"this data was coded with M1 {spec['m1'][:16]}...: give that M1 checkpoint")
+    if m1_coder is not None and m1_coder.weights_hash != spec["m1"]:
+        raise ValueError(f"wrong M1: the data was coded with the {spec.get('m1_arithmetic', 'float')} M1 "
+                         f"{spec['m1'][:16]}..., the given checkpoint is the {m1_coder.arithmetic} M1 "
+                         f"{m1_coder.weights_hash[:16]}...")
+
+
+def _rebuild_ac(spec: dict, m1_coder, vocab) -> ACMethod:
+    _check_spec_m1(spec, m1_coder, None)  # AC has no window vocabulary
+    return ACMethod(m1_coder, spec["v"], spec["precision"])
+
+
+def _rebuild_equal_info_ac(spec: dict, m1_coder, vocab) -> EqualInfoACMethod:
+    _check_spec_m1(spec, m1_coder, vocab)
+    rule = spec.get("window_rule", 1)  # specs from before the field were rule 1
+    if rule != WINDOW_RULE:
+        raise ValueError(f"these Equal-Info windows follow window rule {rule}, this ncx decodes rule "
+                         f"{WINDOW_RULE} only (ncx.coder.WINDOW_RULE): compress the source text again with "
+                         f"this ncx, or decode with the ncx that wrote it")
+    return EqualInfoACMethod(m1_coder, spec["b"], spec["v"], spec["precision"], vocab=vocab)
+
+
+METHODS: dict[str, MethodKind] = {kind.name: kind for kind in (
+    MethodKind("bytes", lambda docs, m1, **p: BytesMethod(), lambda spec, m1, vocab: BytesMethod()),
+    MethodKind("sentencepiece", lambda docs, m1, **p: SentencePieceMethod.train(docs, **p),
+               lambda spec, m1, vocab: SentencePieceMethod(base64.b64decode(spec["model"]), spec["vocab_size"]),
+               params=("vocab_size",), aliases={"v": "vocab_size"}, fitted=True),
+    MethodKind("gzip", lambda docs, m1, **p: GZipMethod(**p), lambda spec, m1, vocab: GZipMethod(spec["v"]),
+               params=("v",), bit_stream=True),
+    MethodKind("static_ac", lambda docs, m1, **p: StaticACMethod.fit(docs, **p),
+               lambda spec, m1, vocab: StaticACMethod(spec["counts"], spec["v"], spec["precision"]),
+               params=("v",), fitted=True, bit_stream=True),
+    MethodKind("ac", lambda docs, m1, **p: ACMethod(m1, **p), _rebuild_ac,
+               params=("v",), uses_m1=True, bit_stream=True),
+    MethodKind("equal_info_ac", lambda docs, m1, **p: EqualInfoACMethod(m1, **p), _rebuild_equal_info_ac,
+               params=("b", "v"), uses_m1=True, bit_stream=True),
+)}
+METHOD_NAMES = tuple(METHODS)
+FITTED_METHODS = tuple(name for name, kind in METHODS.items() if kind.fitted)
+M1_METHODS = tuple(name for name, kind in METHODS.items() if kind.uses_m1)
+BIT_STREAM_METHODS = tuple(name for name, kind in METHODS.items() if kind.bit_stream)
 
 
 def method_from_name(name: str, train_docs: Sequence[bytes] | None = None, m1_coder=None, **params) -> Method:
     """Build a method from a short name and parameters: bytes; sentencepiece
     (vocab_size, trained on train_docs); gzip (v); static_ac (v, fitted on
     train_docs); ac (v, needs M1); equal_info_ac (b, v, needs M1)."""
-    if name == "bytes":
-        return BytesMethod()
-    if name == "gzip":
-        return GZipMethod(**params)
-    if name in ("sentencepiece", "static_ac"):
-        if not train_docs:
-            raise ValueError(f"method {name} is fitted on training documents: none were given")
-        return SentencePieceMethod.train(train_docs, **params) if name == "sentencepiece" else \
-            StaticACMethod.fit(train_docs, **params)
-    if name in ("ac", "equal_info_ac"):
-        if m1_coder is None:
-            raise ValueError(f"method {name} codes with M1: give an M1 checkpoint")
-        return ACMethod(m1_coder, **params) if name == "ac" else EqualInfoACMethod(m1_coder, **params)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
+    kind = METHODS.get(name)
+    if kind is None:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
+    if kind.fitted and not train_docs:
+        raise ValueError(f"method {name} is fitted on training documents: none were given")
+    if kind.uses_m1 and m1_coder is None:
+        raise ValueError(f"method {name} codes with M1: give an M1 checkpoint")
+    return kind.build(train_docs, m1_coder, **params)
 
 
 def method_from_spec(spec: dict, m1_coder=None, vocab=None) -> Method:
     """Rebuild a method from its spec() (e.g. a dataset manifest). Methods that
     code with M1 need the same M1: another one is a clear error. EqualInfoAC
     also rebuilds from its window vocabulary alone (vocab, built from that M1)."""
-    kind = spec.get("kind")
-    if kind == "bytes":
-        return BytesMethod()
-    if kind == "gzip":
-        return GZipMethod(spec["v"])
-    if kind == "sentencepiece":
-        return SentencePieceMethod(base64.b64decode(spec["model"]), spec["vocab_size"])
-    if kind == "static_ac":
-        return StaticACMethod(spec["counts"], spec["v"], spec["precision"])
-    if kind in ("ac", "equal_info_ac"):
-        if kind == "equal_info_ac" and vocab is not None and vocab.m1_hash != spec["m1"]:
-            raise ValueError(f"wrong window vocabulary: the data was coded with M1 {spec['m1'][:16]}..., the "
-                             f"vocabulary was built from M1 {vocab.m1_hash[:16]}...")
-        if m1_coder is None and not (kind == "equal_info_ac" and vocab is not None):
-            raise ValueError(f"this data was coded with M1 {spec['m1'][:16]}...: give that M1 checkpoint")
-        if m1_coder is not None and m1_coder.weights_hash != spec["m1"]:
-            raise ValueError(f"wrong M1: the data was coded with the {spec.get('m1_arithmetic', 'float')} M1 "
-                             f"{spec['m1'][:16]}..., the given checkpoint is the {m1_coder.arithmetic} M1 "
-                             f"{m1_coder.weights_hash[:16]}...")
-        if kind == "ac":
-            return ACMethod(m1_coder, spec["v"], spec["precision"])
-        rule = spec.get("window_rule", 1)  # specs from before the field were rule 1
-        if rule != WINDOW_RULE:
-            raise ValueError(f"these Equal-Info windows follow window rule {rule}, this ncx decodes rule "
-                             f"{WINDOW_RULE} only (ncx.coder.WINDOW_RULE): compress the source text again with "
-                             f"this ncx, or decode with the ncx that wrote it")
-        return EqualInfoACMethod(m1_coder, spec["b"], spec["v"], spec["precision"], vocab=vocab)
-    raise ValueError(f"unknown method spec kind {kind!r}")
+    kind = METHODS.get(spec.get("kind"))
+    if kind is None:
+        raise ValueError(f"unknown method spec kind {spec.get('kind')!r}")
+    return kind.rebuild(spec, m1_coder, vocab)

@@ -166,3 +166,30 @@ def test_names_follow_the_paper(coder, train_docs):
         methods.GZipMethod(1000)
     with pytest.raises(ValueError, match="give an M1 checkpoint"):
         methods.method_from_name("ac")
+
+
+def test_registry_builds_and_rebuilds_every_method(coder, train_docs):
+    """One registry serves names and specs: each name builds its method, whose spec
+    rebuilds the same method, and the registry's flags say what building needs."""
+    docs = adversarial_docs(7)
+    small = {"sentencepiece": {"vocab_size": 1000}}
+    assert methods.METHOD_NAMES == ("bytes", "sentencepiece", "gzip", "static_ac", "ac", "equal_info_ac")
+    assert methods.FITTED_METHODS == ("sentencepiece", "static_ac")
+    assert methods.M1_METHODS == ("ac", "equal_info_ac")
+    assert methods.BIT_STREAM_METHODS == ("gzip", "static_ac", "ac", "equal_info_ac")
+    for name, kind in methods.METHODS.items():
+        method = methods.method_from_name(name, train_docs, coder, **small.get(name, {}))
+        assert method.spec()["kind"] == name and (method.m1_hash is not None) == kind.uses_m1, name
+        twin = methods.method_from_spec(method.spec(), coder if kind.uses_m1 else None)
+        assert type(twin) is type(method) and twin.spec() == method.spec(), name
+        assert twin.decode_batch(method.encode_batch(docs)) == docs, name
+        if kind.fitted:
+            with pytest.raises(ValueError, match=f"method {name} is fitted on training documents"):
+                methods.method_from_name(name, None, coder)
+        if kind.uses_m1:
+            with pytest.raises(ValueError, match=f"method {name} codes with M1: give an M1 checkpoint"):
+                methods.method_from_name(name, train_docs)
+    with pytest.raises(ValueError, match="unknown method 'lzma'; choose from bytes, sentencepiece, gzip"):
+        methods.method_from_name("lzma")
+    with pytest.raises(ValueError, match="unknown method spec kind 'lzma'"):
+        methods.method_from_spec({"kind": "lzma"})
