@@ -37,6 +37,7 @@ __all__ = [
     "split_of",
     "corpus_hash",
     "read_documents",
+    "files_under",
 ]
 
 SPLITS = ("train", "heldout")
@@ -215,7 +216,9 @@ def _read_txt(path: str, lines: bool) -> list[tuple[str, bytes]]:
     return out
 
 
-def _files_under(directory: str) -> list[str]:
+def files_under(directory: str) -> list[str]:
+    """The files read_documents reads from a directory: those with a supported suffix under
+    it, recursively, in sorted path order, hidden files and folders skipped."""
     found = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -245,7 +248,7 @@ def read_documents(paths: str | Sequence[str], text_field: str = "text",
     files = []
     for p in map(os.fspath, paths):
         if os.path.isdir(p):
-            found = _files_under(p)
+            found = files_under(p)
             if not found:
                 raise ValueError(f"{p}: directory holds no {'/'.join(SUPPORTED_SUFFIXES)} files")
             files += found

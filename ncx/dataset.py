@@ -54,6 +54,11 @@ __all__ = [
     "open_dataset",
     "TokenDataset",
     "ShardInfo",
+    "MANIFEST",
+    "atomic_write_json",
+    "remove_stale_temporaries",
+    "load_shard_record",
+    "input_entry",
 ]
 
 FORMAT_NAME = "ncx-token-dataset"
@@ -121,13 +126,16 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _atomic_write_json(path: Path, obj) -> None:
+def atomic_write_json(path: Path, obj) -> None:
+    """Write obj as indented JSON to path atomically: a reader sees the old file or the
+    whole new one, never a part (the dataset's records and manifest, a job's own files)."""
     _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
-def _remove_stale_temporaries(directory: Path, names: Sequence[str]) -> None:
-    """Drop temporary files a killed writer left for these names (only this shard's, so
-    ranks writing other shards in the same directory are never disturbed)."""
+def remove_stale_temporaries(directory: Path, names: Sequence[str]) -> None:
+    """Drop the temporary files that a killed atomic write (atomic_write_json) left in
+    directory for these file names. Only those names: ranks writing other shards in the
+    same directory are never disturbed."""
     for name in names:
         for tmp in directory.glob(f".{name}.tmp-*"):
             tmp.unlink(missing_ok=True)
@@ -199,7 +207,7 @@ def write_shard(
 
     files = _shard_files(shard_index)
     record_path = directory / _record_name(shard_index)
-    _remove_stale_temporaries(directory, [*files.values(), record_path.name])
+    remove_stale_temporaries(directory, [*files.values(), record_path.name])
     # Drop the old commit record first: from here until the new one lands the shard is
     # "not written", so a kill in between makes a resumed job write it again.
     record_path.unlink(missing_ok=True)
@@ -219,7 +227,7 @@ def write_shard(
         token_dtype=dtype.str,
         vocab_size=int(vocab_size),
     )
-    _atomic_write_json(record_path, info.to_json())
+    atomic_write_json(record_path, info.to_json())
     return info
 
 
@@ -266,7 +274,9 @@ class ShardInfo:
         return info
 
 
-def _load_record(directory: Path, shard: int) -> ShardInfo | None:
+def load_shard_record(directory: Path, shard: int) -> ShardInfo | None:
+    """The record (shard-NNNNN.json) of a shard in directory, checked; None if the shard
+    has none yet. ValueError if the record is not valid JSON or not a valid record."""
     path = directory / _record_name(shard)
     if not path.exists():
         return None
@@ -311,7 +321,7 @@ def existing_shards(directory: str | os.PathLike, verify: bool = True) -> list[i
         except ValueError:
             continue
         try:
-            problem = _check_shard_files(directory, _load_record(directory, shard), hash_files=verify)
+            problem = _check_shard_files(directory, load_shard_record(directory, shard), hash_files=verify)
         except ValueError as e:
             problem = e
         if problem:
@@ -321,8 +331,8 @@ def existing_shards(directory: str | os.PathLike, verify: bool = True) -> list[i
     return done
 
 
-def _input_entry(item) -> dict:
-    """A manifest input: a path is hashed here; a dict (name, sha256, bytes) is taken as is,
+def input_entry(item) -> dict:
+    """A manifest "inputs" entry (name, sha256, bytes): a path is hashed here; a dict (name, sha256, bytes) is taken as is,
     for inputs that are not files (an embedded corpus, a generated one)."""
     if isinstance(item, dict):
         missing = {"name", "sha256", "bytes"} - item.keys()
@@ -369,7 +379,7 @@ def finalize_manifest(
         num_shards = len(found)
     shards = []
     for i in range(num_shards):
-        info = _load_record(directory, i)
+        info = load_shard_record(directory, i)
         if info is None:
             raise ValueError(f"{directory / _record_name(i)}: shard {i} of {num_shards} is not written")
         if problem := _check_shard_files(directory, info, hash_files=False):
@@ -396,7 +406,7 @@ def finalize_manifest(
         "vocab_size": int(vocab_size),
         "token_dtype": dtype.str,
         "m1_hash": m1_hash,
-        "inputs": [_input_entry(x) for x in inputs],
+        "inputs": [input_entry(x) for x in inputs],
         "counts": {**total, "shards": len(shards)},
         "bytes_per_token": total["bytes"] / total["tokens"] if total["tokens"] else None,
         "shards": [s.to_json() for s in shards],
@@ -406,7 +416,7 @@ def finalize_manifest(
         json.dumps(manifest)
     except TypeError as e:
         raise ValueError(f"method and extra must be JSON-serializable: {e}") from None
-    _atomic_write_json(directory / MANIFEST, manifest)
+    atomic_write_json(directory / MANIFEST, manifest)
     return manifest
 
 

@@ -56,7 +56,7 @@ import torch
 
 from . import dataset as ds
 from .coder import WINDOW_RULE
-from .corpus import SPLITS, _files_under, corpus_hash, default_corpus, read_documents
+from .corpus import SPLITS, corpus_hash, default_corpus, files_under, read_documents
 from .m1_loader import load_m1_coder
 from .methods import (FITTED_METHODS, M1_METHODS, METHOD_NAMES, METHODS, Encoded, EqualInfoACMethod, Method,
                       method_from_name, method_from_spec)
@@ -128,7 +128,7 @@ def _input_files(paths: Sequence[str]) -> list[str]:
     """The files read_documents reads for these paths, in its order."""
     files = []
     for p in map(os.fspath, paths):
-        files += _files_under(p) if os.path.isdir(p) else [p]
+        files += files_under(p) if os.path.isdir(p) else [p]
     return files
 
 
@@ -265,8 +265,8 @@ def _prepare_job(out: Path, key: dict, fit_docs: list[bytes] | None, method_name
         job = {"format": _JOB_FORMAT, "format_version": _JOB_FORMAT_VERSION, "key": key,
                "method": _method_dict(method)}
         out.mkdir(parents=True, exist_ok=True)
-        ds._remove_stale_temporaries(out, [JOB_FILE])
-        ds._atomic_write_json(out / JOB_FILE, job)
+        ds.remove_stale_temporaries(out, [JOB_FILE])
+        ds.atomic_write_json(out / JOB_FILE, job)
     elif job["key"] != key:
         old = job["key"]
         differ = [k for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
@@ -276,7 +276,7 @@ def _prepare_job(out: Path, key: dict, fit_docs: list[bytes] | None, method_name
         raise ValueError(f"{out}: holds another compress job, which differs in {', '.join(differ)}{detail}; "
                          f"use another --out or empty it")
     # A kill during the manifest's write leaves its temporary behind; the rewrite clears it.
-    ds._remove_stale_temporaries(out, [ds.MANIFEST])
+    ds.remove_stale_temporaries(out, [ds.MANIFEST])
     return job, ds.existing_shards(out, verify=True)
 
 
@@ -394,7 +394,7 @@ def compress(
         if rank != 0:
             return None
         # Windows and exceptions over all shards (other ranks wrote theirs): from the records.
-        records = [ds._load_record(out, i) for i in range(len(ranges))]
+        records = [ds.load_shard_record(out, i) for i in range(len(ranges))]
         extra = {
             "m1_flops_per_byte": m1_config.flops_per_byte if m1_config else 0,
             # M1's float coding path is bit-exact per kind of device (docs/design.md,
@@ -405,7 +405,7 @@ def compress(
             "windows": sum(r.windows for r in records if r),
             "exceptions": sum(r.exceptions for r in records if r),
             "shard_rule": key["shards"],
-            "fit_inputs": [ds._input_entry(x) for x in fit_inputs],
+            "fit_inputs": [ds.input_entry(x) for x in fit_inputs],
             "engine": engine,
             "window_vocab": {"file": VOCAB_FILE, "sha256": vocab.sha256} if vocab is not None else None,
         }
@@ -556,7 +556,7 @@ def decompress(
     index = {"format": "ncx-decompressed", "dataset": str(data.path), "method": data.method.get("name"),
              "m1_hash": data.manifest.get("m1_hash"), "documents": entries}
     # Written last: a directory without it is an interrupted decompression.
-    ds._atomic_write_json(out / DOCUMENTS_FILE, index)
+    ds.atomic_write_json(out / DOCUMENTS_FILE, index)
     return index
 
 

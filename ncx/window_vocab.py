@@ -29,13 +29,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import ops  # registers torch.ops.ncx
+from . import _C, ops  # ops registers torch.ops.ncx
 from .byte_stream import EOS
 from .coder import WINDOW_RULE, WindowDecoder
 
 # The native ops read EOS from their own header: it must be M1's.
-if ops._C.VOCAB_EOS != EOS:
-    raise ImportError(f"ncx._C reads symbol {ops._C.VOCAB_EOS} as EOS, M1's EOS is {EOS}: rebuild the extension")
+if _C.VOCAB_EOS != EOS:
+    raise ImportError(f"ncx._C reads symbol {_C.VOCAB_EOS} as EOS, M1's EOS is {EOS}: rebuild the extension")
 
 __all__ = ["WindowVocab", "VocabularyGap", "build_window_vocab", "load_window_vocab", "dataset_vocab",
            "flatten_documents", "VOCAB_FILE", "FORMAT", "FORMAT_VERSION"]

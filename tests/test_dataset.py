@@ -8,9 +8,13 @@ import pytest
 from ncx.dataset import (
     DOC_INDEX_DTYPE,
     EXCEPTION_DTYPE,
+    atomic_write_json,
     existing_shards,
     finalize_manifest,
+    input_entry,
+    load_shard_record,
     open_dataset,
+    remove_stale_temporaries,
     token_dtype_for,
     write_dataset,
     write_shard,
@@ -200,3 +204,32 @@ def test_manifest_cannot_point_outside_the_dataset(tmp_path):
     (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="names files"):
         open_dataset(tmp_path / "d")
+
+
+def test_public_file_helpers(tmp_path):
+    """The helpers a compress job shares with the dataset writer: atomic JSON, clearing what a
+    killed write left, shard records, manifest input entries."""
+    atomic_write_json(tmp_path / "job.json", {"a": [1, 2]})
+    assert json.loads((tmp_path / "job.json").read_text()) == {"a": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["job.json"]  # no temporary left behind
+    (tmp_path / ".job.json.tmp-1-ab").write_text("half")
+    (tmp_path / ".other.json.tmp-1-ab").write_text("half")
+    remove_stale_temporaries(tmp_path, ["job.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.tmp-1-ab", "job.json"]
+
+    assert load_shard_record(tmp_path, 0) is None
+    docs, byte_counts, crcs = random_corpus(3, 5, 256)
+    info = write_shard(tmp_path, 0, docs, byte_counts, crcs, list(range(5)), vocab_size=256)
+    assert load_shard_record(tmp_path, 0) == info
+    (tmp_path / "shard-00000.json").write_text("{")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        load_shard_record(tmp_path, 0)
+
+    given = {"name": "corpus", "sha256": "0" * 64, "bytes": 3}
+    assert input_entry(given) == given and input_entry(given) is not given
+    entry = input_entry(tmp_path / "job.json")
+    assert entry["name"] == str(tmp_path / "job.json") and entry["bytes"] == (tmp_path / "job.json").stat().st_size
+    with pytest.raises(ValueError, match="lacks"):
+        input_entry({"name": "x"})
+    with pytest.raises(FileNotFoundError):
+        input_entry(tmp_path / "missing.txt")
