@@ -332,8 +332,9 @@ def existing_shards(directory: str | os.PathLike, verify: bool = True) -> list[i
 
 
 def input_entry(item) -> dict:
-    """A manifest "inputs" entry (name, sha256, bytes): a path is hashed here; a dict (name, sha256, bytes) is taken as is,
-    for inputs that are not files (an embedded corpus, a generated one)."""
+    """A manifest "inputs" entry (name, sha256, bytes): a path is hashed here; a dict with
+    those keys is taken as is, for inputs that are not files (an embedded corpus, a generated
+    one)."""
     if isinstance(item, dict):
         missing = {"name", "sha256", "bytes"} - item.keys()
         if missing:
