@@ -33,7 +33,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import metrics
-from .dataset import TokenDataset, open_dataset
+from .dataset import TokenDataset, atomic_write_json, open_dataset
 from .m2 import M2, PRESETS, M2Config, preset
 
-__all__ = ["train_m2", "load_model", "TokenStream", "lr_at", "add_arguments", "run"]
+__all__ = ["train_m2", "TrainOptions", "load_model", "TokenStream", "lr_at", "add_arguments", "run"]
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -153,44 +153,18 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train_m2(
-    train_ds: TokenDataset | str | os.PathLike,
-    valid_ds: TokenDataset | str | os.PathLike,
-    config: M2Config | str,
-    steps: int,
-    *,
-    batch_size: int = 32,
-    seq_len: int | None = None,
-    lr: float = 1e-3,
-    min_lr_ratio: float = 0.1,
-    warmup: int = 100,
-    weight_decay: float = 0.1,
-    grad_clip: float = 1.0,
-    seed: int = 0,
-    micro_batch_size: int | None = None,
-    eval_every: int = 0,
-    eval_batch_size: int | None = None,
-    checkpoint_every: int | None = None,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    time_limit: float | None = None,
-    stop_after: int | None = None,
-    device: str | torch.device | None = None,
-    compile: bool | None = None,
-    bf16: bool | None = None,
-    m1_flops_per_byte: float | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train M2 for `steps` steps on train_ds, evaluate on all of valid_ds; return the summary.
+@dataclass(frozen=True)
+class TrainOptions:
+    """How train_m2 trains: everything but the data, the model and the number of steps.
 
-    train_ds, valid_ds: TokenDatasets (or their paths) of one method and vocabulary.
-    config: an M2Config (its vocab_size must be the datasets') or a preset name (PRESETS);
-        a preset's context is seq_len.
     batch_size: global sequences per step (divisible by the world size under torchrun);
         micro_batch_size splits each rank's share for gradient accumulation.
     seq_len: tokens per training sequence (default: the config's context, 512 for presets).
+    lr, min_lr_ratio, warmup: the schedule (lr_at); weight_decay (matrices only), grad_clip
+        (global norm); seed: initial weights, data order and dropout.
     eval_every: evaluate every this many steps (0: only at the end); checkpoint_every
         (default eval_every) saves RUN_DIR/checkpoint.pt; one is also saved when the run stops.
+        eval_batch_size: sequences per evaluation batch (default: the micro-batch).
     out_dir: RUN_DIR for checkpoint.pt and summary.json (None: nothing written, no resume).
     resume: continue from RUN_DIR/checkpoint.pt when there is one (all RUN_IDENTITY settings
         must match it); without resume an existing checkpoint is an error.
@@ -200,6 +174,47 @@ def train_m2(
     compile, bf16: torch.compile and bf16 autocast; default on with CUDA, and CUDA only.
     m1_flops_per_byte: M1's cost for FLOPs/byte; default the train manifest's
         extra["m1_flops_per_byte"], else 0 (methods without M1).
+    progress: a progress bar (rank 0 only).
+    """
+
+    batch_size: int = 32
+    seq_len: int | None = None
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    micro_batch_size: int | None = None
+    eval_every: int = 0
+    eval_batch_size: int | None = None
+    checkpoint_every: int | None = None
+    out_dir: str | os.PathLike | None = None
+    resume: bool = False
+    time_limit: float | None = None
+    stop_after: int | None = None
+    device: str | torch.device | None = None
+    compile: bool | None = None
+    bf16: bool | None = None
+    m1_flops_per_byte: float | None = None
+    progress: bool = True
+
+
+def train_m2(
+    train_ds: TokenDataset | str | os.PathLike,
+    valid_ds: TokenDataset | str | os.PathLike,
+    config: M2Config | str,
+    steps: int,
+    options: TrainOptions | None = None,
+    **overrides,
+) -> dict:
+    """Train M2 for `steps` steps on train_ds, evaluate on all of valid_ds; return the summary.
+
+    train_ds, valid_ds: TokenDatasets (or their paths) of one method and vocabulary.
+    config: an M2Config (its vocab_size must be the datasets') or a preset name (PRESETS);
+        a preset's context is seq_len.
+    options: a TrainOptions; overrides: any of its fields by keyword, e.g.
+        train_m2(train, valid, "nano", 1000, lr=3e-3, out_dir="run").
     Under torch.distributed (initialized by the caller, e.g. `run` under torchrun) the
     ranks split the batch and rank 0 writes the files; every rank returns the summary.
 
@@ -209,6 +224,30 @@ def train_m2(
     valid_loss_nats, history (one entry per evaluation), ...
     """
     started = time.perf_counter()
+    opts = replace(options or TrainOptions(), **overrides)
+    train, valid, config, seq_len = _open_data(train_ds, valid_ds, config, opts.seq_len)
+    setup = _Setup.of(opts, steps)
+    train_stream, valid_stream = _streams(train, valid, seq_len)
+    m1_flops_per_byte = _m1_flops_per_byte(train, opts)
+    identity = {"config": asdict(config), "steps": steps, "batch_size": opts.batch_size, "seq_len": seq_len,
+                "lr": opts.lr, "min_lr_ratio": opts.min_lr_ratio, "warmup": opts.warmup,
+                "weight_decay": opts.weight_decay, "grad_clip": opts.grad_clip, "seed": opts.seed}
+    out_dir = Path(opts.out_dir) if opts.out_dir is not None else None
+    checkpoint = _checkpoint_to_resume(out_dir, opts.resume, identity)
+    run = _M2Run(opts, steps, config, seq_len, train_stream, valid_stream, valid, setup, identity, out_dir,
+                 checkpoint)
+    completed = run.train(started)
+    summary = run.summary(train.method, completed, m1_flops_per_byte)
+    if setup.rank == 0 and out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / SUMMARY, summary)
+    return summary
+
+
+def _open_data(train_ds, valid_ds, config: M2Config | str,
+               seq_len: int | None) -> tuple[TokenDataset, TokenDataset, M2Config, int]:
+    """The train and valid datasets (opened if paths), checked to be of one method and
+    vocabulary, the model config (a preset name resolved) and the training sequence length."""
     train_ds = train_ds if isinstance(train_ds, TokenDataset) else open_dataset(train_ds)
     valid_ds = valid_ds if isinstance(valid_ds, TokenDataset) else open_dataset(valid_ds)
     names = train_ds.method.get("name"), valid_ds.method.get("name")
@@ -222,210 +261,274 @@ def train_m2(
     seq_len = seq_len or config.context
     if seq_len > config.context:
         raise ValueError(f"seq_len {seq_len} exceeds the model's context {config.context}")
+    return train_ds, valid_ds, config, seq_len
 
-    rank, world = _dist_info()
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world}")
-    local_batch = batch_size // world
-    micro_batch_size = micro_batch_size or local_batch
-    if local_batch % micro_batch_size:
-        raise ValueError(f"micro_batch_size {micro_batch_size} must divide the per-rank batch {local_batch}")
-    if steps < 1 or warmup < 0 or eval_every < 0:
-        raise ValueError(f"need steps >= 1, warmup >= 0 and eval_every >= 0, got {steps}, {warmup}, "
-                         f"{eval_every}")
-    checkpoint_every = eval_every if checkpoint_every is None else checkpoint_every
 
-    if device is None:
-        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    on_cuda = device.type == "cuda"
-    compile, bf16 = (on_cuda if compile is None else compile), (on_cuda if bf16 is None else bf16)
-    if (compile or bf16) and not on_cuda:
-        raise ValueError("compile and bf16 are for CUDA devices only")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
-
+def _streams(train_ds: TokenDataset, valid_ds: TokenDataset, seq_len: int) -> tuple[TokenStream, TokenStream]:
+    """The datasets' token streams, checked to hold a training window and a prediction."""
     train_stream, valid_stream = TokenStream(train_ds), TokenStream(valid_ds)
     if len(train_stream) < seq_len + 1:
         raise ValueError(f"{train_ds.path}: {len(train_stream)} tokens, a training window needs "
                          f"{seq_len + 1}")
     if len(valid_stream) < 2:
         raise ValueError(f"{valid_ds.path}: the valid dataset needs at least 2 tokens")
-    if m1_flops_per_byte is None:
-        m1_flops_per_byte = float(train_ds.manifest.get("extra", {}).get("m1_flops_per_byte", 0.0))
+    return train_stream, valid_stream
 
-    identity = {"config": asdict(config), "steps": steps, "batch_size": batch_size, "seq_len": seq_len,
-                "lr": lr, "min_lr_ratio": min_lr_ratio, "warmup": warmup, "weight_decay": weight_decay,
-                "grad_clip": grad_clip, "seed": seed}
-    out_dir = Path(out_dir) if out_dir is not None else None
+
+def _m1_flops_per_byte(train_ds: TokenDataset, opts: TrainOptions) -> float:
+    if opts.m1_flops_per_byte is not None:
+        return opts.m1_flops_per_byte
+    return float(train_ds.manifest.get("extra", {}).get("m1_flops_per_byte", 0.0))
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Where a run executes: this process's rank among `world`, its share of the batch and
+    its micro-batch, the device, and whether it compiles and runs in bf16."""
+
+    rank: int
+    world: int
+    local_batch: int
+    micro_batch: int
+    device: torch.device
+    compile: bool
+    bf16: bool
+
+    @classmethod
+    def of(cls, opts: TrainOptions, steps: int) -> "_Setup":
+        rank, world = _dist_info()
+        if opts.batch_size % world:
+            raise ValueError(f"batch_size {opts.batch_size} must be divisible by the world size {world}")
+        local_batch = opts.batch_size // world
+        micro_batch = opts.micro_batch_size or local_batch
+        if local_batch % micro_batch:
+            raise ValueError(f"micro_batch_size {micro_batch} must divide the per-rank batch {local_batch}")
+        if steps < 1 or opts.warmup < 0 or opts.eval_every < 0:
+            raise ValueError(f"need steps >= 1, warmup >= 0 and eval_every >= 0, got {steps}, {opts.warmup}, "
+                             f"{opts.eval_every}")
+        device = opts.device
+        if device is None:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        on_cuda = device.type == "cuda"
+        compile = on_cuda if opts.compile is None else opts.compile
+        bf16 = on_cuda if opts.bf16 is None else opts.bf16
+        if (compile or bf16) and not on_cuda:
+            raise ValueError("compile and bf16 are for CUDA devices only")
+        return cls(rank, world, local_batch, micro_batch, device, compile, bf16)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def _checkpoint_to_resume(out_dir: Path | None, resume: bool, identity: dict) -> dict | None:
+    """The run directory's checkpoint when resuming, after checking that it is the same run;
+    None when there is none. An existing checkpoint without resume is an error."""
     ckpt_path = out_dir / CHECKPOINT if out_dir is not None else None
-    checkpoint = None
-    if ckpt_path is not None and ckpt_path.exists():
-        if not resume:
-            raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue that run, "
-                             f"or choose a new run directory")
-        checkpoint = _load_checkpoint(ckpt_path)
-        saved = checkpoint["identity"]
-        if diff := [k for k in RUN_IDENTITY if saved.get(k) != identity[k]]:
-            raise ValueError(f"{ckpt_path}: cannot resume, settings differ from the checkpoint's: "
-                             + ", ".join(f"{k} {saved.get(k)!r} -> {identity[k]!r}" for k in diff))
+    if ckpt_path is None or not ckpt_path.exists():
+        return None
+    if not resume:
+        raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue that run, "
+                         f"or choose a new run directory")
+    checkpoint = _load_checkpoint(ckpt_path)
+    saved = checkpoint["identity"]
+    if diff := [k for k in RUN_IDENTITY if saved.get(k) != identity[k]]:
+        raise ValueError(f"{ckpt_path}: cannot resume, settings differ from the checkpoint's: "
+                         + ", ".join(f"{k} {saved.get(k)!r} -> {identity[k]!r}" for k in diff))
+    return checkpoint
 
-    torch.manual_seed(seed)  # the same initial weights on every rank and in every run
-    model = M2(config).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95), fused=on_cuda,
-    )
-    # Throughput leaves out each call's first step, which pays for torch.compile and warm-up.
-    step, history, timing = 0, [], {"train_time_s": 0.0, "tokens_trained": 0,
-                                    "steady_time_s": 0.0, "steady_tokens": 0}
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        step, history, timing = checkpoint["step"], checkpoint["history"], checkpoint["timing"]
-        rng = checkpoint["rng"]
-        if len(rng) == world:
-            _set_rng_state(rng[rank], device)
-        else:  # another world size: dropout masks cannot continue, weights and data still do
-            torch.manual_seed(seed + 1 + rank + step)
-    else:
-        torch.manual_seed(seed + 1 + rank)  # dropout masks differ between ranks
 
-    if compile:
-        # Compiled graphs are cached per code object (M2.forward), not per model, and dynamo
-        # stops compiling after a few variants: a process that trains a grid of sizes would
-        # silently fall back to eager. Each run starts from an empty cache instead.
-        torch._dynamo.reset()
-    forward_model = torch.compile(model) if compile else model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        train_model = DistributedDataParallel(forward_model, device_ids=[device] if on_cuda else None)
-    else:
-        train_model = forward_model
+class _M2Run:
+    """One call's training: the model and optimizer (fresh, or restored from a checkpoint),
+    the step, the evaluation history and the timings, and the steps, evaluations and
+    checkpoints that advance them."""
 
-    def save_checkpoint() -> None:
-        if ckpt_path is None:
-            return
-        rng_states = [None] * world
-        if world > 1:
-            dist.all_gather_object(rng_states, _rng_state(device))
+    def __init__(self, opts: TrainOptions, steps: int, config: M2Config, seq_len: int,
+                 train_stream: TokenStream, valid_stream: TokenStream, valid_ds: TokenDataset, setup: _Setup,
+                 identity: dict, out_dir: Path | None, checkpoint: dict | None):
+        self.opts, self.steps, self.config, self.seq_len = opts, steps, config, seq_len
+        self.train_stream, self.valid_stream, self.valid_ds = train_stream, valid_stream, valid_ds
+        self.setup, self.identity, self.out_dir = setup, identity, out_dir
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if setup.bf16 else contextlib.nullcontext()
+
+        torch.manual_seed(opts.seed)  # the same initial weights on every rank and in every run
+        self.model = M2(config).to(setup.device)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opts.lr, betas=(0.9, 0.95), fused=setup.on_cuda,
+        )
+        # Throughput leaves out each call's first step, which pays for torch.compile and warm-up.
+        self.step, self.history = 0, []
+        self.timing = {"train_time_s": 0.0, "tokens_trained": 0, "steady_time_s": 0.0, "steady_tokens": 0}
+        if checkpoint is not None:
+            self._restore(checkpoint)
         else:
-            rng_states[0] = _rng_state(device)
-        if rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            _save_atomic({"format": CHECKPOINT_FORMAT, "identity": identity, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "step": step, "rng": rng_states,
-                          # The sampler is counter-based: (seed, step) is its whole state.
-                          "sampler": {"seed": seed, "step": step}, "history": history,
-                          "timing": timing}, ckpt_path)
+            torch.manual_seed(opts.seed + 1 + setup.rank)  # dropout masks differ between ranks
+        self.first_step = self.step
+        self.saved_step = self.step if checkpoint is not None else None
 
-    def run_eval() -> dict:
-        loss_sum, predictions = evaluate(forward_model, valid_stream, seq_len,
-                                         eval_batch_size or micro_batch_size, device, autocast, rank, world)
-        mean = loss_sum / predictions
-        return {"step": step, "valid_loss_nats": mean,
-                "bits_per_byte": metrics.bits_per_byte(mean, valid_ds.total_tokens, valid_ds.total_bytes)}
+        if setup.compile:
+            # Compiled graphs are cached per code object (M2.forward), not per model, and dynamo
+            # stops compiling after a few variants: a process that trains a grid of sizes would
+            # silently fall back to eager. Each run starts from an empty cache instead.
+            torch._dynamo.reset()
+        self.forward_model = torch.compile(self.model) if setup.compile else self.model
+        if setup.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.train_model = DistributedDataParallel(self.forward_model,
+                                                       device_ids=[setup.device] if setup.on_cuda else None)
+        else:
+            self.train_model = self.forward_model
 
-    preset_name = _preset_of(config)
-    bar = tqdm(total=steps, initial=step, unit="step", dynamic_ncols=True,
-               disable=not progress or rank != 0, desc=f"M2 {preset_name or ''}".strip())
-    window = seq_len + 1
-    saved_step = step if checkpoint is not None else None
-    first_step = step
-    while step < steps and (stop_after is None or step < stop_after):
+    def _restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.step, self.history, self.timing = checkpoint["step"], checkpoint["history"], checkpoint["timing"]
+        rng, rank = checkpoint["rng"], self.setup.rank
+        if len(rng) == self.setup.world:
+            _set_rng_state(rng[rank], self.setup.device)
+        else:  # another world size: dropout masks cannot continue, weights and data still do
+            torch.manual_seed(self.opts.seed + 1 + rank + self.step)
+
+    def train(self, started: float) -> bool:
+        """Train until the last step, stop_after or the time limit (counted from `started`),
+        evaluating and checkpointing on the way; True if the run reached its last step."""
+        opts, rank = self.opts, self.setup.rank
+        checkpoint_every = opts.eval_every if opts.checkpoint_every is None else opts.checkpoint_every
+        bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not opts.progress or rank != 0, desc=f"M2 {_preset_of(self.config) or ''}".strip())
+        while self.step < self.steps and (opts.stop_after is None or self.step < opts.stop_after):
+            loss_value = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{_tokens_per_second(self.timing):,.0f}",
+                            refresh=False)
+            if self.step == self.steps or (opts.eval_every and self.step % opts.eval_every == 0):
+                self.history.append({**self.run_eval(), "train_loss_nats": loss_value})
+                if opts.progress and rank == 0:
+                    bar.write(f"step {self.step}: valid loss {self.history[-1]['valid_loss_nats']:.4f} "
+                              f"nats/token, {self.history[-1]['bits_per_byte']:.4f} bits/byte")
+            if checkpoint_every and self.step % checkpoint_every == 0:
+                self.save_checkpoint()
+            if opts.time_limit is not None and self._out_of_time(started):
+                break
+        bar.close()
+        completed = self.step >= self.steps
+        if completed and (not self.history or self.history[-1]["step"] != self.step):
+            self.history.append(self.run_eval())  # a resumed finished run still reports its final evaluation
+        if self.saved_step != self.step:
+            self.save_checkpoint()
+        return completed
+
+    def train_step(self) -> float:
+        """One optimizer step on this rank's share of the step's windows; returns the loss
+        (nats/token, the mean over this rank's share)."""
+        opts, setup = self.opts, self.setup
         t0 = time.perf_counter()
-        offsets = window_offsets(seed, step, batch_size, len(train_stream), window)
-        local = offsets[rank * local_batch:(rank + 1) * local_batch]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
-        optimizer.zero_grad(set_to_none=True)
-        n_micro = local_batch // micro_batch_size
-        step_loss = torch.zeros((), device=device)
+        window = self.seq_len + 1
+        offsets = window_offsets(opts.seed, self.step, opts.batch_size, len(self.train_stream), window)
+        local = offsets[setup.rank * setup.local_batch:(setup.rank + 1) * setup.local_batch]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.steps, opts.lr, opts.warmup, opts.min_lr_ratio)
+        self.optimizer.zero_grad(set_to_none=True)
+        n_micro = setup.local_batch // setup.micro_batch
+        step_loss = torch.zeros((), device=setup.device)
         for j in range(n_micro):
-            rows = local[j * micro_batch_size:(j + 1) * micro_batch_size]
-            w = torch.from_numpy(np.stack([train_stream.read(int(s), window) for s in rows]))  # (b, T+1)
-            w = w.to(device)
+            rows = local[j * setup.micro_batch:(j + 1) * setup.micro_batch]
+            w = torch.from_numpy(np.stack([self.train_stream.read(int(s), window) for s in rows]))  # (b, T+1)
+            w = w.to(setup.device)
             # DDP all-reduces gradients in the last micro-batch's backward only.
-            sync = contextlib.nullcontext() if world == 1 or j == n_micro - 1 else train_model.no_sync()
+            sync = contextlib.nullcontext() if setup.world == 1 or j == n_micro - 1 else self.train_model.no_sync()
             with sync:
-                with autocast:  # bf16 matmuls; autocast runs the loss's log-softmax in float32
-                    logits = train_model(w[:, :-1])  # (b, T, V)
+                with self.autocast:  # bf16 matmuls; autocast runs the loss's log-softmax in float32
+                    logits = self.train_model(w[:, :-1])  # (b, T, V)
                     # Each micro-batch's mean, weighted to make the rank's mean over its batch.
                     loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten()) / n_micro
                 loss.backward()
             step_loss += loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        step += 1
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
+        self.optimizer.step()
+        self.step += 1
         # Waiting for the device each step keeps step times honest; with batches big enough to
         # fill a GPU the host's share (a few small numpy reads, kernel launches) is small.
         loss_value = float(step_loss)
         elapsed = time.perf_counter() - t0
-        timing["train_time_s"] += elapsed
-        timing["tokens_trained"] += batch_size * seq_len
-        if step > first_step + 1:
-            timing["steady_time_s"] += elapsed
-            timing["steady_tokens"] += batch_size * seq_len
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{_tokens_per_second(timing):,.0f}", refresh=False)
+        tokens = opts.batch_size * self.seq_len
+        self.timing["train_time_s"] += elapsed
+        self.timing["tokens_trained"] += tokens
+        if self.step > self.first_step + 1:
+            self.timing["steady_time_s"] += elapsed
+            self.timing["steady_tokens"] += tokens
+        return loss_value
 
-        if step == steps or (eval_every and step % eval_every == 0):
-            history.append({**run_eval(), "train_loss_nats": loss_value})
-            if progress and rank == 0:
-                bar.write(f"step {step}: valid loss {history[-1]['valid_loss_nats']:.4f} nats/token, "
-                          f"{history[-1]['bits_per_byte']:.4f} bits/byte")
-        if checkpoint_every and step % checkpoint_every == 0:
-            save_checkpoint()
-            saved_step = step
-        if time_limit is not None:
-            out_of_time = time.perf_counter() - started >= time_limit
-            flag = torch.tensor([out_of_time], dtype=torch.int32, device=device)
-            if world > 1:  # every rank must stop at the same step
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if bool(flag):
-                break
-    bar.close()
-    completed = step >= steps
-    if completed and (not history or history[-1]["step"] != step):
-        history.append(run_eval())  # a resumed finished run still reports its final evaluation
-    if saved_step != step:
-        save_checkpoint()
+    def run_eval(self) -> dict:
+        """The held-out loss and bits/byte at the current step (every rank takes part)."""
+        setup = self.setup
+        loss_sum, predictions = evaluate(self.forward_model, self.valid_stream, self.seq_len,
+                                         self.opts.eval_batch_size or setup.micro_batch, setup.device,
+                                         self.autocast, setup.rank, setup.world)
+        mean = loss_sum / predictions
+        return {"step": self.step, "valid_loss_nats": mean,
+                "bits_per_byte": metrics.bits_per_byte(mean, self.valid_ds.total_tokens, self.valid_ds.total_bytes)}
 
-    last = history[-1] if history else {}
-    valid_bpt = valid_ds.bytes_per_token
-    n_params = model.non_embedding_params()
-    summary = {
-        "method": train_ds.method,
-        "preset": preset_name,
-        "config": asdict(config),
-        "non_embedding_params": n_params,
-        "completed": completed,
-        "steps": step,
-        "total_steps": steps,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "world_size": world,
-        "device": str(device),
-        "train_tokens": timing["tokens_trained"],
-        "train_time_s": timing["train_time_s"],
-        "tokens_per_second": _tokens_per_second(timing),
-        "valid_tokens": valid_ds.total_tokens,
-        "valid_bytes": valid_ds.total_bytes,
-        "bytes_per_token": valid_bpt,
-        "valid_loss_nats": last.get("valid_loss_nats"),
-        "bits_per_byte": last.get("bits_per_byte"),
-        "uniform_bits_per_byte": metrics.uniform_bits_per_byte(valid_ds.vocab_size, valid_bpt),
-        "m1_flops_per_byte": m1_flops_per_byte,
-        "flops_per_byte": metrics.flops_per_byte(n_params, valid_bpt, m1_flops_per_byte),
-        "history": history,
-    }
-    if rank == 0 and out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{SUMMARY}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, out_dir / SUMMARY)
-    return summary
+    def save_checkpoint(self) -> None:
+        """RUN_DIR/checkpoint.pt (rank 0 writes it; every rank sends its RNG state)."""
+        self.saved_step = self.step
+        if self.out_dir is None:
+            return
+        setup = self.setup
+        rng_states = [None] * setup.world
+        if setup.world > 1:
+            dist.all_gather_object(rng_states, _rng_state(setup.device))
+        else:
+            rng_states[0] = _rng_state(setup.device)
+        if setup.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _save_atomic({"format": CHECKPOINT_FORMAT, "identity": self.identity, "model": self.model.state_dict(),
+                          "optimizer": self.optimizer.state_dict(), "step": self.step, "rng": rng_states,
+                          # The sampler is counter-based: (seed, step) is its whole state.
+                          "sampler": {"seed": self.opts.seed, "step": self.step}, "history": self.history,
+                          "timing": self.timing}, self.out_dir / CHECKPOINT)
+
+    def _out_of_time(self, started: float) -> bool:
+        out_of_time = time.perf_counter() - started >= self.opts.time_limit
+        flag = torch.tensor([out_of_time], dtype=torch.int32, device=self.setup.device)
+        if self.setup.world > 1:  # every rank must stop at the same step
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+    def summary(self, method: dict, completed: bool, m1_flops_per_byte: float) -> dict:
+        last = self.history[-1] if self.history else {}
+        valid = self.valid_ds
+        valid_bpt = valid.bytes_per_token
+        n_params = self.model.non_embedding_params()
+        return {
+            "method": method,
+            "preset": _preset_of(self.config),
+            "config": asdict(self.config),
+            "non_embedding_params": n_params,
+            "completed": completed,
+            "steps": self.step,
+            "total_steps": self.steps,
+            "batch_size": self.opts.batch_size,
+            "seq_len": self.seq_len,
+            "world_size": self.setup.world,
+            "device": str(self.setup.device),
+            "train_tokens": self.timing["tokens_trained"],
+            "train_time_s": self.timing["train_time_s"],
+            "tokens_per_second": _tokens_per_second(self.timing),
+            "valid_tokens": valid.total_tokens,
+            "valid_bytes": valid.total_bytes,
+            "bytes_per_token": valid_bpt,
+            "valid_loss_nats": last.get("valid_loss_nats"),
+            "bits_per_byte": last.get("bits_per_byte"),
+            "uniform_bits_per_byte": metrics.uniform_bits_per_byte(valid.vocab_size, valid_bpt),
+            "m1_flops_per_byte": m1_flops_per_byte,
+            "flops_per_byte": metrics.flops_per_byte(n_params, valid_bpt, m1_flops_per_byte),
+            "history": self.history,
+        }
 
 
 def _tokens_per_second(timing: dict) -> float | None:
@@ -519,16 +622,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         train_ds, valid_ds = open_dataset(args.train), open_dataset(args.valid)
         config = preset(args.preset, train_ds.vocab_size, context=args.seq_len, dropout=args.dropout)
-        summary = train_m2(
-            train_ds, valid_ds, config, args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-            lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup,
-            weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
+        options = TrainOptions(
+            batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
+            warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
             micro_batch_size=args.micro_batch_size, eval_every=args.eval_every,
             eval_batch_size=args.eval_batch_size, checkpoint_every=args.checkpoint_every,
             out_dir=args.out, resume=args.resume, time_limit=args.time_limit,
             stop_after=args.stop_after, device=args.device, compile=args.compile, bf16=args.bf16,
             m1_flops_per_byte=args.m1_flops_per_byte, progress=not args.no_progress,
         )
+        summary = train_m2(train_ds, valid_ds, config, args.steps, options)
         if _dist_info()[0] == 0:
             brief = {k: v for k, v in summary.items() if k not in ("history", "config", "method")}
             print(json.dumps(brief, indent=2))

@@ -15,7 +15,7 @@ from ncx import metrics
 from ncx.cli import main
 from ncx.dataset import write_dataset
 from ncx.m2 import M2, M2Config
-from ncx.train_m2 import TokenStream, evaluate, load_model, lr_at, train_m2, window_offsets
+from ncx.train_m2 import TokenStream, TrainOptions, evaluate, load_model, lr_at, train_m2, window_offsets
 
 TINY = M2Config(vocab_size=256, n_layer=2, n_head=2, n_embd=32, mlp=64, context=32)
 SMALL_RUN = dict(batch_size=8, seq_len=32, lr=3e-3, warmup=3, progress=False)
@@ -130,6 +130,21 @@ def test_resume_is_exact(datasets, tmp_path):
         train_m2(train, valid, cfg, 12, out_dir=tmp_path / "a", **kw)
     with pytest.raises(ValueError, match=r"settings differ from the checkpoint's: lr 0\.003 -> 0\.1"):
         train_m2(train, valid, cfg, 12, out_dir=tmp_path / "a", resume=True, **{**kw, "lr": 0.1})
+
+
+def test_options_object_and_keywords_are_one_run(datasets, tmp_path):
+    """TrainOptions and keyword options describe the same run; keywords override the object's
+    fields, and an unknown option is an error."""
+    train, valid = datasets
+    by_kw = train_m2(train, valid, TINY, 4, out_dir=tmp_path / "kw", **SMALL_RUN)
+    by_obj = train_m2(train, valid, TINY, 4, TrainOptions(**{**SMALL_RUN, "lr": 0.5}), lr=3e-3,
+                      out_dir=tmp_path / "obj")
+    timings = ("train_time_s", "tokens_per_second")
+    assert {k: v for k, v in by_kw.items() if k not in timings} == {k: v for k, v in by_obj.items() if k not in timings}
+    a, b = weights_of(tmp_path / "kw"), weights_of(tmp_path / "obj")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TypeError, match="learning_rate"):
+        train_m2(train, valid, TINY, 4, learning_rate=1e-3, **SMALL_RUN)
 
 
 def test_time_limit_checkpoints_and_stops(datasets, tmp_path):
