@@ -37,8 +37,10 @@ from .corpus import corpus_hash, default_corpus
 from .dataset import open_dataset
 from .experiment import chunk_documents, default_threads, parse_method, results_table, run_experiment
 from .generate import dataset_prompts, format_sample, method_of_dataset, prompt_length, sample_texts
+from .int_m1 import calibrate_smoothing, save_int_m1
 from .m1 import load_m1, preset as m1_preset, save_m1
-from .train_m1 import train_m1
+from .methods import EqualInfoACMethod
+from .train_m1 import heldout_bits_per_byte, train_m1
 from .train_m2 import load_model
 
 __all__ = ["DemoSettings", "FULL", "QUICK", "DEMO_METHODS", "SAMPLE_METHOD", "run_demo", "add_arguments", "run"]
@@ -131,10 +133,6 @@ def _integer_twin(m1, m1_train, heldout, out: Path) -> dict:
     """Convert M1 into its integer twin (ncx.int_m1), compare held-out bits/byte,
     and check that EqualInfoAC[b=16] through the integer path decodes exactly
     and gives the same bytes in another batch size."""
-    from .int_m1 import calibrate_smoothing, save_int_m1
-    from .methods import EqualInfoACMethod
-    from .train_m1 import heldout_bits_per_byte
-
     twin = calibrate_smoothing(m1, m1_train, alphas=(None, 0.5), max_symbols=1 << 14, log=None)
     save_int_m1(twin, str(out / "m1-int.safetensors"))
     float_bpb, int_bpb = heldout_bits_per_byte(m1, heldout), heldout_bits_per_byte(twin, heldout)
