@@ -22,6 +22,7 @@ import torch
 
 from ncx import corpus, m1, methods
 from ncx.int_m1 import quantize_m1
+from ncx.m1_loader import load_m1_coder
 
 
 def long_document(n_bytes: int, seed: int = 0) -> bytes:
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.m1:
-        coder = m1.load_m1_coder(args.m1)[0]
+        coder = load_m1_coder(args.m1)[0]
     else:
         torch.manual_seed(0)
         coder = quantize_m1(m1.M1(m1.preset("tiny"))).coder()

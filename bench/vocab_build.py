@@ -17,14 +17,15 @@ import time
 import torch
 
 from ncx import int_m1, m1
-from ncx.window_vocab import _decode_lone_windows, build_window_vocab
+from ncx.m1_loader import load_m1_coder
+from ncx.window_vocab import build_window_vocab, decode_lone_windows
 
 from machine import cpu_line  # bench/machine.py
 
 
 def coders(paths):
     if paths:
-        return {p: m1.load_m1_coder(p)[0] for p in paths}
+        return {p: load_m1_coder(p)[0] for p in paths}
     torch.manual_seed(0)
     model = m1.M1(m1.preset("paper"))
     return {"paper, random weights, float": model.coder(),
@@ -41,7 +42,7 @@ def b24_estimate(coder, slices: int) -> tuple[float, float]:
         values = torch.arange(lo, lo + chunk)
         codes = torch.stack([values >> 16, (values >> 8) & 255, values & 255], 1).to(torch.uint8)
         t0 = time.perf_counter()
-        syms, _ = _decode_lone_windows(coder, codes, 24, 16)
+        syms, _ = decode_lone_windows(coder, codes, 24, 16)
         seconds += time.perf_counter() - t0
         symbols += len(syms)
     return seconds * (1 << 24) / (slices * chunk), symbols / (slices * chunk)

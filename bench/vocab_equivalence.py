@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ncx import corpus, int_m1, m1
+from ncx.m1_loader import load_m1_coder
 from ncx.model_coding import encode_windows
 from ncx.window_vocab import build_window_vocab
 
@@ -72,7 +73,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     args = ap.parse_args()
     if args.m1:
-        coder = m1.load_m1_coder(args.m1)[0]
+        coder = load_m1_coder(args.m1)[0]
     else:
         torch.manual_seed(0)
         coder = int_m1.quantize_m1(m1.M1(m1.preset("tiny"))).coder()

@@ -63,6 +63,7 @@ sys.path.insert(0, str(HERE.parent))  # run from anywhere without an install
 sys.path.insert(0, str(HERE))         # bench/peers.py: provenance
 
 from ncx import corpus, window_vocab  # noqa: E402
+from ncx.m1_loader import load_m1_coder  # noqa: E402
 
 from machine import cpu_line  # noqa: E402  (bench/machine.py)
 
@@ -107,7 +108,7 @@ def load_vocab(m1_path: str | os.PathLike | None = None, log=print) -> tuple[win
     from ncx import m1
 
     m1_path = Path(m1_path) if m1_path else default_m1_path(log)
-    coder, info = m1.load_m1_coder(str(m1_path))
+    coder, info = load_m1_coder(str(m1_path))
     path = CACHE / f"vocab-b{B}-{info['weights_hash'][:16]}.safetensors"
     if path.is_file():
         return window_vocab.load_window_vocab(path), str(m1_path)

@@ -62,9 +62,9 @@ class StreamEncoder:
         """dist [B, V] float32/bfloat16 probabilities (or logits), symbols [B]
         int (a negative symbol leaves that stream untouched this step)."""
         B = self.state.shape[0]
-        V = ops._check_dist(dist, 2, f"[B={B}, V]")
+        V = ops.check_dist(dist, 2, f"[B={B}, V]")
         ops.check_precision(self.precision, V)
-        ops._check_index(symbols, "symbols", (B,))
+        ops.check_index(symbols, "symbols", (B,))
         _device_of(dist, self.state, "StreamEncoder.step")
         status = _ops.stream_encode_step(self.state, self.out, dist, symbols, self.precision, logits)
         ops.check_status(status, "stream")
@@ -95,7 +95,7 @@ class StreamDecoder:
     def step(self, dist: torch.Tensor, active: torch.Tensor | None = None, logits: bool = False) -> torch.Tensor:
         """dist [B, V] -> symbols int64 [B] (-1 for inactive streams)."""
         B = self.state.shape[0]
-        V = ops._check_dist(dist, 2, f"[B={B}, V]")
+        V = ops.check_dist(dist, 2, f"[B={B}, V]")
         ops.check_precision(self.precision, V)
         _device_of(dist, self.state, "StreamDecoder.step")
         if active is None:
@@ -148,9 +148,9 @@ class WindowEncoder:
 
     def step(self, dist: torch.Tensor, symbols: torch.Tensor, logits: bool = False) -> WindowStep:
         B = self.state.shape[0]
-        V = ops._check_dist(dist, 2, f"[B={B}, V]")
+        V = ops.check_dist(dist, 2, f"[B={B}, V]")
         ops.check_precision(self.precision, V)
-        ops._check_index(symbols, "symbols", (B,))
+        ops.check_index(symbols, "symbols", (B,))
         _device_of(dist, self.state, "WindowEncoder.step")
         event, codes, nsym, back, status = _ops.window_encode_step(
             self.state, dist, symbols, self.precision, logits, self.budget_bits, self.max_symbols
@@ -191,7 +191,7 @@ class WindowDecoder:
         """dist [B, V] -> (symbols int64 [B], -1 where no symbol; ended bool [B],
         true where the stream's window ended at this step)."""
         B = self.state.shape[0]
-        V = ops._check_dist(dist, 2, f"[B={B}, V]")
+        V = ops.check_dist(dist, 2, f"[B={B}, V]")
         ops.check_precision(self.precision, V)
         _device_of(dist, self.state, "WindowDecoder.step")
         symbols, ended, status = _ops.window_decode_step(

@@ -91,7 +91,9 @@ def check_status(status: torch.Tensor, what: str = "row") -> None:
         raise ValueError(f"{what} {i}: {msg}{more}")
 
 
-def _check_dist(dist: torch.Tensor, dims: int | None, shape: str) -> int:
+def check_dist(dist: torch.Tensor, dims: int | None, shape: str) -> int:
+    """Checks a distribution tensor (dims dimensions, float32/bfloat16, V in
+    range; `shape` names the expected shape in the message); returns V."""
     if not isinstance(dist, torch.Tensor):
         raise TypeError(f"dist must be a torch.Tensor, got {type(dist).__name__}")
     if dims is not None and dist.dim() != dims:
@@ -124,14 +126,16 @@ def check_budget(budget_bits: int, precision: int) -> None:
         )
 
 
-def _check_same_device(**tensors: torch.Tensor) -> None:
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """ValueError unless every named tensor is on one device."""
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{k} on {v}" for k, v in devices.items())
         raise ValueError(f"tensors must be on one device, got {listing}")
 
 
-def _check_index(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
+def check_index(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
+    """Checks an integer index tensor `name` (int64/int32, the given shape)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in (torch.int64, torch.int32):
@@ -167,7 +171,7 @@ def quantize(dist: torch.Tensor, precision: int, logits: bool = False, check: bo
     be normalized (any non-negative finite weights).
     Returns (cdf, status) when check=False; with check=True bad rows raise.
     """
-    V = _check_dist(dist, None, "[..., V]")
+    V = check_dist(dist, None, "[..., V]")
     check_precision(precision, V)
     cdf, status = _ops.quantize(dist, precision, logits)
     if check:
@@ -192,14 +196,14 @@ def encode(
     T). Returns (data uint8 [B, max_bytes], nbits int64 [B]); data[b] holds
     ceil(nbits[b] / 8) meaningful bytes, zero-padded.
     """
-    V = _check_dist(dist, 3, "[B, T, V]")
+    V = check_dist(dist, 3, "[B, T, V]")
     B, T = dist.shape[:2]
     check_precision(precision, V)
     if lengths is None:
         lengths = torch.full((B,), T, dtype=torch.int64, device=dist.device)
-    _check_index(symbols, "symbols", (B, T))
-    _check_index(lengths, "lengths", (B,))
-    _check_same_device(dist=dist, symbols=symbols, lengths=lengths)
+    check_index(symbols, "symbols", (B, T))
+    check_index(lengths, "lengths", (B,))
+    check_same_device(dist=dist, symbols=symbols, lengths=lengths)
     data, nbits, status = _ops.encode(dist, symbols, lengths, precision, logits, max_bytes)
     if check:
         check_status(status, "stream")
@@ -218,7 +222,7 @@ def decode(
 ):
     """Inverse of encode: (dist [B, T, V], data uint8 [B, N], nbits [B], lengths [B])
     -> symbols int64 [B, T] (-1 past each stream's length)."""
-    V = _check_dist(dist, 3, "[B, T, V]")
+    V = check_dist(dist, 3, "[B, T, V]")
     B, T = dist.shape[:2]
     check_precision(precision, V)
     if lengths is None:
@@ -226,9 +230,9 @@ def decode(
     if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.dim() != 2 or data.shape[0] != B:
         raise ValueError(f"data must be a uint8 tensor [B={B}, N], got {getattr(data, 'dtype', type(data))} "
                          f"{list(getattr(data, 'shape', []))}")
-    _check_index(nbits, "nbits", (B,))
-    _check_index(lengths, "lengths", (B,))
-    _check_same_device(dist=dist, data=data, nbits=nbits, lengths=lengths)
+    check_index(nbits, "nbits", (B,))
+    check_index(lengths, "lengths", (B,))
+    check_same_device(dist=dist, data=data, nbits=nbits, lengths=lengths)
     symbols, status = _ops.decode(dist, data, nbits, lengths, precision, logits)
     if check:
         check_status(status, "stream")

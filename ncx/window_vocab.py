@@ -240,7 +240,7 @@ def build_window_vocab(m1_coder, b: int = 16, precision: int | None = None, chun
     for lo in range(0, n, chunk):
         values = torch.arange(lo, min(lo + chunk, n), dtype=torch.int64)
         codes = ((values[:, None] >> shifts) & 0xFF).to(torch.uint8)  # big-endian, [k, nb]
-        symbols, counts = _decode_lone_windows(m1_coder, codes, b, precision)
+        symbols, counts = decode_lone_windows(m1_coder, codes, b, precision)
         ends = torch.zeros(len(codes), dtype=torch.bool)
         last = torch.cumsum(counts, 0) - 1
         has = counts > 0
@@ -258,7 +258,7 @@ def build_window_vocab(m1_coder, b: int = 16, precision: int | None = None, chun
                        int(m1_coder.max_symbols), torch.cat(pools), offsets, torch.cat(eos_flags))
 
 
-def _decode_lone_windows(model, codes: torch.Tensor, b: int, precision: int) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_lone_windows(model, codes: torch.Tensor, b: int, precision: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each code of codes (uint8 [k, b/8]) as a lone window: (symbols int64, code by code in
     order, EOS included; symbol counts int64 [k]). See build_window_vocab."""
     k, device = len(codes), torch.device(getattr(model, "device", "cpu"))

@@ -267,7 +267,9 @@ NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w,
   // power-of-two scaling; a subnormal w gives a product below 1, which floors
   // to 0 either way, so FTZ/DAZ modes cannot change it) and the truncating
   // conversion is the floor: two vector instructions instead of the bit
-  // manipulation, with identical integers.
+  // manipulation, with identical integers. The products are below 2^23, so
+  // the conversion goes through int32: one instruction on every level
+  // (AVX-512 alone has a float-to-uint32 conversion).
   const uint32_t e_max = max_w >> 23;
   const uint32_t q_max = weight_to_fixed(max_w, max_w);
   Sum q_sum = 0;
@@ -285,11 +287,11 @@ NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w,
     if (logits) {
       // Two loops: the exp alone vectorizes, fused with the reductions it does not.
       for (int32_t i = 0; i < int32_t(V); ++i)
-        q[i] = uint32_t(mul_rn(exp_ncx(add_rn(bits_to_float(load_bits(row, i)), -max_logit)), scale));
+        q[i] = uint32_t(int32_t(mul_rn(exp_ncx(add_rn(bits_to_float(load_bits(row, i)), -max_logit)), scale)));
       for (int32_t i = 0; i < int32_t(V); ++i) accumulate(i, q[i]);
     } else {
       for (int32_t i = 0; i < int32_t(V); ++i)
-        accumulate(i, uint32_t(mul_rn(bits_to_float(load_bits(row, i) & 0x7fffffffu), scale)));
+        accumulate(i, uint32_t(int32_t(mul_rn(bits_to_float(load_bits(row, i) & 0x7fffffffu), scale))));
     }
   } else if (logits) {
     for (int32_t i = 0; i < int32_t(V); ++i)

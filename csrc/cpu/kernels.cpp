@@ -14,7 +14,7 @@
 // built library for such leaks).
 #include <stdint.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 // GCC 12's own _mm512_reduce_add_* trip its -Wmaybe-uninitialized (a false
 // positive inside avx512fintrin.h).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -91,10 +91,9 @@ void rope_rows(const int32_t* x, const int32_t* cos, const int32_t* sin, const i
   }
 }
 
-// Attention's int64 sums of int32 products. With AVX-512 the products come
-// from vpmuldq (signed 32 x 32 -> 64 bits of sign-extended lanes): exact, so
-// the sums equal the scalar loop's, which the compiler vectorizes at the
-// other levels.
+// Attention's int64 sums of int32 products: vpmuldq multiplies the low 32
+// bits of 64-bit lanes as signed numbers, exactly, so the vector sums equal
+// the scalar loop's.
 int64_t dot_i32(const int32_t* a, const int32_t* b, int64_t n) {
   int64_t i = 0, s = 0;
 #if defined(__AVX512F__)
@@ -105,13 +104,23 @@ int64_t dot_i32(const int32_t* a, const int32_t* b, int64_t n) {
     acc = _mm512_add_epi64(acc, _mm512_mul_epi32(av, bv));
   }
   s = _mm512_reduce_add_epi64(acc);
+#elif defined(__AVX2__)
+  __m256i acc = _mm256_setzero_si256();
+  for (; i + 4 <= n; i += 4) {
+    const __m256i av = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
+    const __m256i bv = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
+    acc = _mm256_add_epi64(acc, _mm256_mul_epi32(av, bv));
+  }
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+  s = lanes[0] + lanes[1] + lanes[2] + lanes[3];
 #endif
   for (; i < n; ++i) s += int64_t(a[i]) * b[i];
   return s;
 }
 
-// acc[i] += e * v[i] for |e| < 2^31.
-void axpy_i32(int64_t* acc, int64_t e, const int32_t* v, int64_t n) {
+// acc[i] += e * v[i]; e is an attention weight, 0 <= e <= 2^kAttnFrac.
+void axpy_i32(int64_t* acc, int32_t e, const int32_t* v, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX512F__)
   const __m512i ev = _mm512_set1_epi64(e);
@@ -119,8 +128,15 @@ void axpy_i32(int64_t* acc, int64_t e, const int32_t* v, int64_t n) {
     const __m512i vv = _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i)));
     _mm512_storeu_si512(acc + i, _mm512_add_epi64(_mm512_loadu_si512(acc + i), _mm512_mul_epi32(ev, vv)));
   }
+#elif defined(__AVX2__)
+  const __m256i ev = _mm256_set1_epi64x(e);
+  for (; i + 4 <= n; i += 4) {
+    const __m256i vv = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + i)));
+    __m256i* dst = reinterpret_cast<__m256i*>(acc + i);
+    _mm256_storeu_si256(dst, _mm256_add_epi64(_mm256_loadu_si256(dst), _mm256_mul_epi32(ev, vv)));
+  }
 #endif
-  for (; i < n; ++i) acc[i] += e * v[i];
+  for (; i < n; ++i) acc[i] += int64_t(e) * v[i];
 }
 
 void attention_rows(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache, const int64_t* streams,
@@ -141,7 +157,7 @@ void attention_rows(const int32_t* q, const int32_t* k_cache, const int32_t* v_c
     int64_t den = 0;
     for (int64_t i = 0; i < hd; ++i) num[i] = 0;
     for (int64_t j = 0; j < keys; ++j) {
-      const int64_t e = exp_nonpositive(w[j] - peak, kAttnFrac);
+      const int32_t e = int32_t(exp_nonpositive(w[j] - peak, kAttnFrac));  // <= 2^kAttnFrac
       den += e;
       axpy_i32(num, e, v_cache + base + j * hd, hd);
     }
