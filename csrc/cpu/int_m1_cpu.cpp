@@ -22,12 +22,16 @@ using at::Tensor;
 // matmul precision be set, since those still accumulate in float32).
 constexpr int64_t kExactFloatK = 1040;
 
-// acc[n, d] = sum_k q[n, k] w[d, k] by float32 GEMMs over slices of K.
+// acc[n, d] = sum_k q[n, k] w[d, k] for q float [N, K] (integer values) by
+// float32 GEMMs: float [N, D] for one slice of K, int32 [N, D] summed over
+// several.
 Tensor float_gemm(const Tensor& q, const Tensor& w) {
+  const int64_t K = q.size(1);
+  if (K <= kExactFloatK) return at::mm(q, w.to(at::kFloat).t());
   Tensor acc;
-  for (int64_t k0 = 0; k0 < q.size(1); k0 += kExactFloatK) {
-    const int64_t k1 = std::min(q.size(1), k0 + kExactFloatK);
-    Tensor part = at::mm(q.slice(1, k0, k1).to(at::kFloat), w.slice(1, k0, k1).to(at::kFloat).t()).to(at::kInt);
+  for (int64_t k0 = 0; k0 < K; k0 += kExactFloatK) {
+    const int64_t k1 = std::min(K, k0 + kExactFloatK);
+    Tensor part = at::mm(q.slice(1, k0, k1), w.slice(1, k0, k1).to(at::kFloat).t()).to(at::kInt);
     acc = acc.defined() ? acc.add_(part) : part;
   }
   return acc;
@@ -49,7 +53,7 @@ bool int_mm_is_exact() {
             q.slice(0, 0, N, 2).neg_();
             Tensor w = at::full({D, K}, 127, at::kChar);
             w.slice(1, 0, K, 3).neg_();
-            if (!at::equal(at::_int_mm(q, w.t()), float_gemm(q, w))) return false;
+            if (!at::equal(at::_int_mm(q, w.t()), float_gemm(q.to(at::kFloat), w).to(at::kInt))) return false;
           }
       return true;
     } catch (const std::exception&) {
@@ -59,14 +63,9 @@ bool int_mm_is_exact() {
   return exact;
 }
 
-// The exact int32 products of int8 q [N, K] and w [D, K]: torch._int_mm at the
-// avx512 level (VNNI) where the probe found it exact, float32 GEMMs otherwise.
-Tensor int8_gemm(const Tensor& q, const Tensor& w) {
-  if (q.size(0) == 0 || w.size(0) == 0) return at::zeros({q.size(0), w.size(0)}, q.options().dtype(at::kInt));
-  if (std::string(cpu_kernels().level) == "avx512" && int_mm_is_exact()) return at::_int_mm(q, w.t());
-  return float_gemm(q, w);
-}
-
+// x quantized row by row, times the int8 weight: torch._int_mm at the avx512
+// level (VNNI) where the probe found it exact, float32 GEMMs otherwise; then
+// dequantized.
 Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor& multiplier_in,
                       const Tensor& shift_in) {
   check_int_linear(x_in, weight_in, multiplier_in, shift_in);
@@ -74,16 +73,22 @@ Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor&
   Tensor multiplier = multiplier_in.contiguous(), shift = shift_in.contiguous();
   const int64_t N = x.size(0), K = x.size(1), D = weight.size(0);
   const CpuKernels& kernels = cpu_kernels();
-  Tensor q = at::empty({N, K}, x.options().dtype(at::kChar));
+  const bool int_mm = std::string(kernels.level) == "avx512" && int_mm_is_exact();
+  Tensor q = at::empty({N, K}, x.options().dtype(int_mm ? at::kChar : at::kFloat));
   Tensor scale = at::empty({N, 2}, x.options());
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    kernels.int_quantize_rows(x.data_ptr<int32_t>(), begin, end, K, q.data_ptr<int8_t>(), scale.data_ptr<int32_t>());
+    kernels.int_quantize_rows(x.data_ptr<int32_t>(), begin, end, K, int_mm ? q.data_ptr<int8_t>() : nullptr,
+                              int_mm ? nullptr : q.data_ptr<float>(), scale.data_ptr<int32_t>());
   });
-  Tensor acc = int8_gemm(q, weight).contiguous();
+  Tensor acc;
+  if (N == 0 || D == 0) acc = at::zeros({N, D}, x.options());
+  else acc = (int_mm ? at::_int_mm(q, weight.t()) : float_gemm(q, weight)).contiguous();
+  const bool acc_float = acc.scalar_type() == at::kFloat;
   Tensor out = at::empty({N, D}, x.options());
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    kernels.int_dequantize_rows(acc.data_ptr<int32_t>(), begin, end, D, scale.data_ptr<int32_t>(),
-                                multiplier.data_ptr<int32_t>(), shift.data_ptr<int32_t>(), out.data_ptr<int32_t>());
+    kernels.int_dequantize_rows(acc_float ? nullptr : acc.data_ptr<int32_t>(), acc_float ? acc.data_ptr<float>() : nullptr,
+                                begin, end, D, scale.data_ptr<int32_t>(), multiplier.data_ptr<int32_t>(),
+                                shift.data_ptr<int32_t>(), out.data_ptr<int32_t>());
   });
   return out;
 }

@@ -44,22 +44,92 @@ uint32_t row_amax(const int32_t* x, int64_t K) {
   return m;
 }
 
-void quantize_rows(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q, int32_t* scale) {
-  for (int64_t n = begin; n < end; ++n) {
-    const int32_t* xr = x + n * K;
-    const RowScale rs = row_scale(row_amax(xr, K));
-    for (int64_t k = 0; k < K; ++k) q[n * K + k] = quantize_activation(xr[k], rs);
-    scale[2 * n] = rs.mant;
-    scale[2 * n + 1] = rs.exp;
+// quantize_activation of a whole row, without its 64-bit division per value
+// (which made this loop cost as much as the GEMM after it). With A the row's
+// scale, n2 = 2 * 127 |x| and d = A (both exact in double: below 2^39 and
+// 2^33), the result's magnitude is c = floor((n2 + d) / 2d), round(127 |x| / A)
+// with halves up, as round_div. The double estimate below is off by at most
+// one, and the two comparisons, exact in double (products below 2^42), put it
+// right; the loop vectorizes at every level.
+template <typename Q>
+void quantize_row(const int32_t* xr, int64_t K, RowScale rs, Q* qr) {
+  if (!rs.mant) {
+    for (int64_t k = 0; k < K; ++k) qr[k] = Q(0);
+    return;
+  }
+  const double d = double(int64_t(rs.mant) << rs.exp), inv = 1.0 / d;
+  for (int64_t k = 0; k < K; ++k) {
+    const double ax = double(xr[k]);  // int32 -> double: one instruction at every level
+    const double n2 = double(2 * kActMax) * (ax < 0.0 ? -ax : ax);
+    const double c0 = double(int32_t((n2 * inv + 1.0) * 0.5));
+    const double c1 = (2.0 * c0 - 1.0) * d > n2 ? c0 - 1.0 : c0;
+    const double c = (2.0 * c1 + 1.0) * d <= n2 ? c1 + 1.0 : c1;
+    const int32_t m = int32_t(c);
+    qr[k] = Q(xr[k] < 0 ? -m : m);
   }
 }
 
-void dequantize_rows(const int32_t* acc, int64_t begin, int64_t end, int64_t D, const int32_t* scale,
+void quantize_rows(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q8, float* qf,
+                   int32_t* scale) {
+  for (int64_t n = begin; n < end; ++n) {
+    const RowScale rs = row_scale(row_amax(x + n * K, K));
+    scale[2 * n] = rs.mant;
+    scale[2 * n + 1] = rs.exp;
+    if (q8) quantize_row(x + n * K, K, rs, q8 + n * K);
+    else quantize_row(x + n * K, K, rs, qf + n * K);
+  }
+}
+
+// dequantize over rows. Its product acc * mant * multiplier is
+// acc * (mant * multiplier) with mant * multiplier <= 2^30: one 32 x 32 -> 64
+// bit multiply. Where every channel's s = shift - exponent lies in [1, 62]
+// and every |multiplier| <= 2^15 (the usual case), shift_round(v, s) =
+// (v + 2^(s-1)) >> s is taken as a logical shift of v + 2^(s-1) + 2^62 (not
+// negative, below 2^63) less 2^(62-s): the same integer, and AVX2 has
+// variable logical 64-bit shifts but no arithmetic ones, so the loop
+// vectorizes. Other rows take dequantize as written.
+template <typename A>
+void dequantize_rows(const A* acc, int64_t begin, int64_t end, int64_t D, const int32_t* scale,
                      const int32_t* multiplier, const int32_t* shift, int32_t* out) {
+  int32_t lo = INT32_MAX, hi = INT32_MIN;
+  bool small_multipliers = true;  // |multiplier| <= 2^15, as conversion makes them
+  for (int64_t d = 0; d < D; ++d) {
+    lo = shift[d] < lo ? shift[d] : lo;
+    hi = shift[d] > hi ? shift[d] : hi;
+    small_multipliers &= multiplier[d] >= -(1 << 15) && multiplier[d] <= (1 << 15);
+  }
+  // The shift terms depend on the row's exponent only: recomputed when it changes.
+  constexpr int64_t kMaxD = 4096;
+  uint64_t shifts[kMaxD], bias[kMaxD], back[kMaxD];
+  int32_t shifts_for = INT32_MIN;
   for (int64_t n = begin; n < end; ++n) {
     const RowScale rs{scale[2 * n], scale[2 * n + 1]};
-    for (int64_t d = 0; d < D; ++d) out[n * D + d] = dequantize(acc[n * D + d], rs, multiplier[d], shift[d]);
+    const A* a = acc + n * D;
+    int32_t* o = out + n * D;
+    if (D > kMaxD || !small_multipliers || lo - rs.exp < 1 || hi - rs.exp > 62) {
+      for (int64_t d = 0; d < D; ++d) o[d] = dequantize(int32_t(a[d]), rs, multiplier[d], shift[d]);
+      continue;
+    }
+    if (rs.exp != shifts_for) {
+      for (int64_t d = 0; d < D; ++d) {
+        shifts[d] = uint64_t(shift[d] - rs.exp);
+        bias[d] = (uint64_t(1) << 62) + (uint64_t(1) << (shifts[d] - 1));
+        back[d] = uint64_t(1) << (62 - shifts[d]);
+      }
+      shifts_for = rs.exp;
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t prod = int64_t(int32_t(a[d])) * int64_t(rs.mant * multiplier[d]);  // |mant * mult| <= 2^30
+      const int64_t r = int64_t((uint64_t(prod) + bias[d]) >> shifts[d]) - int64_t(back[d]);
+      o[d] = int32_t(r > INT32_MAX ? INT32_MAX : (r < -INT32_MAX ? -INT32_MAX : r));
+    }
   }
+}
+
+void dequantize_either(const int32_t* acc32, const float* accf, int64_t begin, int64_t end, int64_t D,
+                       const int32_t* scale, const int32_t* multiplier, const int32_t* shift, int32_t* out) {
+  if (acc32) dequantize_rows(acc32, begin, end, D, scale, multiplier, shift, out);
+  else dequantize_rows(accf, begin, end, D, scale, multiplier, shift, out);
 }
 
 void rms_norm_rows(const int32_t* x, const int32_t* gain, int64_t begin, int64_t end, int64_t C, int32_t* out) {
@@ -183,7 +253,7 @@ const CpuKernels kTable = {
     {&quantize_row_cdf<float>, &quantize_row_symbol<float>, &quantize_row_find<float>},
     {&quantize_row_cdf<uint16_t>, &quantize_row_symbol<uint16_t>, &quantize_row_find<uint16_t>},
     &quantize_rows,
-    &dequantize_rows,
+    &dequantize_either,
     &rms_norm_rows,
     &rope_rows,
     &attention_rows,

@@ -32,11 +32,16 @@ struct CpuKernels {
   RowQuantizer<uint16_t> bf16;
 
   // Integer M1 (csrc/core/int_m1.h), over rows [begin, end).
-  // x int32 [., K] -> int8 q [., K] and the rows' scales as (mantissa, exponent) pairs.
-  void (*int_quantize_rows)(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q, int32_t* scale);
-  // int32 products acc [., D] -> Q16 outputs [., D] with the rows' scales and per-channel constants.
-  void (*int_dequantize_rows)(const int32_t* acc, int64_t begin, int64_t end, int64_t D, const int32_t* scale,
-                              const int32_t* multiplier, const int32_t* shift, int32_t* out);
+  // x int32 [., K] -> q [., K] with values in [-127, 127], as int8 (q8) or
+  // as float (qf, for a float32 GEMM; the other pointer is null), and the
+  // rows' scales as (mantissa, exponent) pairs.
+  void (*int_quantize_rows)(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q8, float* qf,
+                            int32_t* scale);
+  // The integer products acc [., D], as int32 (acc32) or as integer-valued
+  // float (accf; the other is null) -> Q16 outputs [., D] with the rows'
+  // scales and the per-channel constants.
+  void (*int_dequantize_rows)(const int32_t* acc32, const float* accf, int64_t begin, int64_t end, int64_t D,
+                              const int32_t* scale, const int32_t* multiplier, const int32_t* shift, int32_t* out);
   void (*int_rms_norm_rows)(const int32_t* x, const int32_t* gain, int64_t begin, int64_t end, int64_t C,
                             int32_t* out);
   // Rows are (token, head) pairs of x [N, H, hd].
