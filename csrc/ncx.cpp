@@ -88,6 +88,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_level", &ncx::cpu_level, "The CPU level the CPU ops use: baseline, avx2 or avx512.");
   m.def("cpu_levels", &ncx::cpu_levels, "The CPU levels this build and this CPU can run, lowest first.");
   m.def("set_cpu_level", &ncx::set_cpu_level, "Switch the CPU ops to another level (ValueError if unavailable).");
+  m.def("cpu_int8_gemm", &ncx::cpu_int8_gemm, "The GEMM the CPU's int_linear uses at the current level.");
 #ifdef NCX_WITH_CUDA
   m.attr("WITH_CUDA") = true;
 #else

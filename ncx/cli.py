@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
     if not getattr(known, "command", None):
         parser.print_help()
+        if not argv:
+            from .ops import build_info
+
+            print("\nthis machine:\n  " + build_info().replace("\n", "\n  "))
         return 0 if not argv else 2
     module = importlib.import_module(known._module)
     sub = argparse.ArgumentParser(prog=f"ncx {known._name}", description=COMMANDS[known._name][1])

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from . import dataset as ds
+from . import ops
 from .coder import WINDOW_RULE
 from .corpus import SPLITS, corpus_hash, default_corpus, files_under, read_documents
 from .m1_loader import load_m1_coder
@@ -698,6 +699,7 @@ def run(args: argparse.Namespace) -> int:
             data.verify()
             files = sum(len(s.files) for s in data.shards)
             print(f"checksums    ok ({files} shard files, sha256)")
+        print("decoding here: " + ops.build_info().replace("\n", "; "))
     else:
         raise ValueError(f"ncx.jobs has no command {args.command!r}")
     return 0

@@ -28,6 +28,7 @@ __all__ = [
     "cpu_level",
     "cpu_levels",
     "set_cpu_level",
+    "build_info",
 ]
 
 _ops = torch.ops.ncx
@@ -75,6 +76,20 @@ def set_cpu_level(level: str) -> None:
     """Use `level` for the CPU ops from now on; ValueError when the CPU or the
     build lacks it."""
     _C.set_cpu_level(level)
+
+
+def build_info() -> str:
+    """What this ncx build runs here: version, torch, the CPU level and GEMM,
+    CUDA. `python -m ncx` and `ncx inspect` print it."""
+    from . import __version__
+
+    cuda = ("built, " + (f"{torch.cuda.device_count()} device(s)" if torch.cuda.is_available() else "no device")
+            if _C.WITH_CUDA else "not built")
+    return (f"ncx {__version__}, torch {torch.__version__}\n"
+            f"CPU kernels: {cpu_level()} (this CPU and build run: {', '.join(cpu_levels())}; "
+            f"NCX_CPU_LEVEL picks one)\n"
+            f"CPU int8 GEMM: {_C.cpu_int8_gemm()}\n"
+            f"CUDA: {cuda}")
 
 
 def check_status(status: torch.Tensor, what: str = "row") -> None:

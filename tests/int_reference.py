@@ -117,3 +117,13 @@ def attention(q, k_cache, v_cache, streams, positions):
                           for i in range(hd)])
         out.append(heads)
     return out
+
+
+def random_rope_tables(gen, positions: int, head_dim: int):
+    """int32 cos/sin tables [positions, head_dim / 2] in Q30 for random angle rates (the op's
+    input format), from the torch.Generator gen."""
+    import torch
+
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * torch.rand(head_dim // 2, generator=gen,
+                                                                                dtype=torch.float64)
+    return (torch.round(angles.cos() * 2 ** 30).to(torch.int32), torch.round(angles.sin() * 2 ** 30).to(torch.int32))

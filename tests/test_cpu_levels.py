@@ -105,6 +105,13 @@ def test_environment_variable_picks_the_level_at_import():
     assert "Traceback" in r.stderr and "ImportError" in r.stderr and ".cpp" not in r.stderr
 
 
+def test_python_m_ncx_says_what_runs_here():
+    r = _run_python("import runpy; runpy.run_module('ncx', run_name='__main__')", NCX_CPU_LEVEL="baseline")
+    assert r.returncode == 0, r.stderr
+    assert "CPU kernels: baseline (this CPU and build run: " + ", ".join(LEVELS) in r.stdout
+    assert "CPU int8 GEMM: float32 GEMM" in r.stdout  # below avx512, never torch._int_mm
+
+
 @pytest.mark.skipif(not X86, reason="the level namespaces split x86-64 code only")
 def test_post_baseline_instructions_only_inside_level_namespaces():
     """Disassembles the built library: any function using AVX/AVX-512 (VEX or
@@ -281,9 +288,7 @@ def test_int_row_ops_identical_at_every_level_and_match_reference(at_level):
     assert weights["baseline"].tolist() == ref.coder_weights(logits.tolist())
 
     hd, L, N, H, S = 16, 37, 6, 2, 3
-    angles = torch.arange(L, dtype=torch.float64)[:, None] * torch.rand(hd // 2, generator=gen, dtype=torch.float64)
-    cos = torch.round(angles.cos() * 2 ** 30).to(torch.int32)
-    sin = torch.round(angles.sin() * 2 ** 30).to(torch.int32)
+    cos, sin = ref.random_rope_tables(gen, L, hd)
     xr = _ints(gen, (N, H, hd), -(1 << 25), 1 << 25)
     positions = _ints(gen, (N,), 0, L, torch.int64)
     positions[0], positions[1], positions[2] = 0, 7, L - 1

@@ -120,10 +120,7 @@ def test_int_rope_and_attention_match_reference(hd, L):
     keys at once); head_dim 12 is not a multiple of 8 (the scalar path)."""
     gen = torch.Generator().manual_seed(hd)
     N, H, S = 6, 2, 3
-    ctx = L
-    angles = torch.arange(ctx, dtype=torch.float64)[:, None] * torch.rand(hd // 2, generator=gen, dtype=torch.float64)
-    cos = torch.round(angles.cos() * 2 ** 30).to(torch.int32)
-    sin = torch.round(angles.sin() * 2 ** 30).to(torch.int32)
+    cos, sin = ref.random_rope_tables(gen, L, hd)
     x = _ints(gen, (N, H, hd), -(1 << 25), 1 << 25)
     positions = _ints(gen, (N,), 0, L, torch.int64)
     positions[0], positions[1], positions[2] = 0, 7, L - 1

@@ -14,5 +14,7 @@ std::vector<std::string> cpu_levels();
 void set_cpu_level(const std::string& name);
 // Applies NCX_CPU_LEVEL when it is set (at import of ncx._C).
 void set_cpu_level_from_environment();
+// The GEMM int_linear uses on the CPU at the current level (csrc/cpu/int_m1_cpu.cpp).
+std::string cpu_int8_gemm();
 
 }  // namespace ncx

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../ops_common.h"
+#include "cpu_level.h"
 #include "kernels.h"
 
 namespace ncx {
@@ -63,6 +64,8 @@ bool int_mm_is_exact() {
   return exact;
 }
 
+bool use_int_mm() { return std::string(cpu_kernels().level) == "avx512" && int_mm_is_exact(); }
+
 // x quantized row by row, times the int8 weight: torch._int_mm at the avx512
 // level (VNNI) where the probe found it exact, float32 GEMMs otherwise; then
 // dequantized.
@@ -73,7 +76,7 @@ Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor&
   Tensor multiplier = multiplier_in.contiguous(), shift = shift_in.contiguous();
   const int64_t N = x.size(0), K = x.size(1), D = weight.size(0);
   const CpuKernels& kernels = cpu_kernels();
-  const bool int_mm = std::string(kernels.level) == "avx512" && int_mm_is_exact();
+  const bool int_mm = use_int_mm();
   Tensor q = at::empty({N, K}, x.options().dtype(int_mm ? at::kChar : at::kFloat));
   Tensor scale = at::empty({N, 2}, x.options());
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
@@ -152,6 +155,10 @@ Tensor int_coder_weights_cpu(const Tensor& logits_in) {
 }
 
 }  // namespace
+
+std::string cpu_int8_gemm() {
+  return use_int_mm() ? "torch._int_mm (int8, int32 sums)" : "float32 GEMM of int8 values (exact, K sliced at 1040)";
+}
 
 TORCH_LIBRARY_IMPL(ncx, CPU, m) {
   m.impl("int_linear", &int_linear_cpu);
