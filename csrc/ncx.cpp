@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "core/coder.h"
+#include "core/int_m1.h"
 #include "core/window_vocab.h"
 #include "cpu/cpu_level.h"
 
@@ -81,6 +82,17 @@ PYBIND11_MODULE(_C, m) {
   m.attr("STREAM_DECODER_WORDS") = words(sizeof(ncx::StreamDecoder));
   m.attr("WINDOW_ENCODER_WORDS") = words(sizeof(ncx::WindowEncoder));
   m.attr("WINDOW_DECODER_WORDS") = words(sizeof(ncx::WindowDecoder));
+  // Limits and formats the Python layer checks against or builds with, from the core itself.
+  m.attr("MIN_PRECISION") = ncx::kMinPrecision;
+  m.attr("MAX_PRECISION") = ncx::kMaxPrecision;
+  m.attr("MAX_ALPHABET") = ncx::kMaxAlphabet;
+  pybind11::dict status;
+  for (int32_t s = 1; s < ncx::kNumStatus; ++s) status[pybind11::int_(s)] = ncx::status_text(s);
+  m.attr("STATUS_MESSAGES") = status;
+  m.attr("INT_ACT_FRAC") = ncx::intm1::kFrac;
+  m.attr("INT_ROPE_FRAC") = ncx::intm1::kRopeFrac;
+  m.attr("INT_QKV_LIMIT") = ncx::intm1::kQKVLimit;
+  m.attr("INT_CODER_FRAC") = ncx::intm1::kCoderFrac;
   // The symbol the vocabulary ops read as EOS (ncx.window_vocab checks it is M1's).
   m.attr("VOCAB_EOS") = ncx::vocab::kEos;
   // The CPU level of the CPU kernels (csrc/cpu/kernels.h); NCX_CPU_LEVEL picks one at import.

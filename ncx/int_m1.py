@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
+from . import _C, ops
 from .byte_stream import VOCAB_SIZE, join_documents, with_bos
 from .checkpoint import INT_FORMAT, read_checkpoint, weights_hash, write_checkpoint
 from .corpus import corpus_hash, default_corpus, read_documents
@@ -62,11 +62,12 @@ __all__ = [
 ]
 
 _FORMAT_VERSION = "1"
-ACT_FRAC = 16  # activations are int32 in Q16 (csrc/core/int_m1.h, kFrac)
-ROPE_FRAC = 30
-QKV_LIMIT = 1 << 24  # q, k, v saturate at +-256.0 (kQKVLimit)
+# The number formats of csrc/core/int_m1.h, read from the extension.
+ACT_FRAC = _C.INT_ACT_FRAC  # activations are int32 in Q16
+ROPE_FRAC = _C.INT_ROPE_FRAC  # cos/sin tables in Q30
+QKV_LIMIT = _C.INT_QKV_LIMIT  # q, k, v saturate at +-256.0
 INT32_LIMIT = (1 << 31) - 1
-CODER_ONE = 1 << 22  # the coder weight of the most likely symbol
+CODER_ONE = 1 << _C.INT_CODER_FRAC  # the coder weight of the most likely symbol
 EVAL_PRECISION = 24  # frequencies used to measure the integer model's bits
 
 

@@ -33,17 +33,8 @@ __all__ = [
 
 _ops = torch.ops.ncx
 
-STATUS_MESSAGES = {
-    1: "a distribution row contains NaN",
-    2: "a distribution row contains a negative probability",
-    3: "a distribution row is all zero (or all logits are -inf)",
-    4: "a distribution row contains +inf",
-    5: "a symbol is outside [0, V)",
-    6: "the output buffer is too small for the code",
-    7: "the compressed data is corrupt (inconsistent with the distributions)",
-    8: "the compressed data is truncated",
-    9: "the coder state is invalid (not produced by a coder of this kind)",
-}
+# What each per-row status code means (the native core's texts).
+STATUS_MESSAGES: dict[int, str] = dict(_C.STATUS_MESSAGES)
 
 STATE_WORDS = {
     "stream_encoder": _C.STREAM_ENCODER_WORDS,
@@ -52,8 +43,8 @@ STATE_WORDS = {
     "window_decoder": _C.WINDOW_DECODER_WORDS,
 }
 
-MIN_PRECISION, MAX_PRECISION = 1, 24
-MAX_ALPHABET = 65536
+MIN_PRECISION, MAX_PRECISION = _C.MIN_PRECISION, _C.MAX_PRECISION
+MAX_ALPHABET = _C.MAX_ALPHABET
 
 
 # ------------------------------------------------------------ CPU levels

@@ -134,6 +134,12 @@ def test_int_rope_and_attention_match_reference(hd, L):
     assert got.tolist() == ref.attention(q.tolist(), k.tolist(), v.tolist(), streams.tolist(), positions.tolist())
 
 
+def test_number_formats_are_the_extensions():
+    """ncx.int_m1 reads the formats from the native core; the reference was written from them."""
+    from ncx import int_m1
+    assert (int_m1.ACT_FRAC, int_m1.QKV_LIMIT, int_m1.ROPE_FRAC, int_m1.CODER_ONE) == (ref.FRAC, ref.LIMIT, 30, 1 << 22)
+
+
 def test_int_ops_reject_bad_arguments():
     x = torch.zeros(2, 8, dtype=torch.int32)
     w = torch.zeros(4, 8, dtype=torch.int8)

@@ -53,6 +53,24 @@ enum Status : int32_t {
   kErrTruncated = 8,      // compressed data ended before the last symbol
   kErrState = 9,          // a coder state tensor that no coder produced
 };
+constexpr int32_t kNumStatus = 10;
+
+// What a status means, for error messages (ncx._C.STATUS_MESSAGES).
+inline const char* status_text(int32_t s) {
+  switch (s) {
+    case kOk: return "ok";
+    case kErrNaN: return "a distribution row contains NaN";
+    case kErrNegative: return "a distribution row contains a negative probability";
+    case kErrZeroRow: return "a distribution row is all zero (or all logits are -inf)";
+    case kErrInf: return "a distribution row contains +inf";
+    case kErrSymbol: return "a symbol is outside [0, V)";
+    case kErrOutputFull: return "the output buffer is too small for the code";
+    case kErrCorrupt: return "the compressed data is corrupt (inconsistent with the distributions)";
+    case kErrTruncated: return "the compressed data is truncated";
+    case kErrState: return "the coder state is invalid (not produced by a coder of this kind)";
+    default: return "unknown status";
+  }
+}
 
 constexpr int kMinPrecision = 1;
 constexpr int kMaxPrecision = 24;
