@@ -40,7 +40,7 @@ TORCH_LIBRARY(ncx, m) {
       "Tensor)");
   m.def(
       "window_encode_finish(Tensor(a!) state, Tensor active, int budget_bits) -> (Tensor, "
-      "Tensor, Tensor)");
+      "Tensor, Tensor, Tensor)");
   m.def(
       "window_decode_start(Tensor(a!) state, Tensor codes, Tensor start, Tensor max_symbols, "
       "int budget_bits) -> ()");

@@ -161,8 +161,11 @@ class WindowEncoder:
     def finish(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Closes the open window of each active stream (a document's end: its
         last symbol is EOS, where the decoder stops). Returns (has_window bool
-        [B], codes uint8 [B, budget_bits // 8], window_symbols int32 [B])."""
-        return _ops.window_encode_finish(self.state, active, self.budget_bits)
+        [B], codes uint8 [B, budget_bits // 8], window_symbols int32 [B]);
+        ValueError for a stream whose state is not a window encoder's."""
+        has, codes, nsym, status = _ops.window_encode_finish(self.state, active, self.budget_bits)
+        ops.check_status(status, "stream")
+        return has, codes, nsym
 
 
 class WindowDecoder:

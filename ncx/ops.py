@@ -336,7 +336,7 @@ def _(state, dist, symbols, precision, logits, budget_bits, max_symbols):
 def _(state, active, budget_bits):
     B = state.shape[0]
     return (_fake_like(state, (B,), torch.bool), _fake_like(state, (B, budget_bits // 8), torch.uint8),
-            _fake_like(state, (B,), torch.int32))
+            _fake_like(state, (B,), torch.int32), _fake_like(state, (B,), torch.int32))
 
 
 @torch.library.register_fake("ncx::window_decode_start")

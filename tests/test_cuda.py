@@ -206,7 +206,7 @@ def test_window_step_ops_identical(b, precision):
             if bool(done.any()):
                 f = nc.window_encode_finish(st, done, b)
                 f_g = nc.window_encode_finish(st_g, done.to(CUDA), b)
-                for x, y, w in zip(f, f_g, ("has", "codes", "window_symbols")):
+                for x, y, w in zip(f, f_g, ("has", "codes", "window_symbols", "status")):
                     same(x, y, f"finish {w}")
                 n_windows += int(f[0].sum())
                 codes_all.append(f[1][f[0]])

@@ -100,7 +100,8 @@ def run_window_encoder(docs, model, b: int, precision: int, *, greedy: bool = Fa
         tokens = torch.where(taken, sym, model.bos)
         done = active & (pos == end)
         if bool(done.any()):
-            has, codes, nsym = torch.ops.ncx.window_encode_finish(state, done, b)
+            has, codes, nsym, status = torch.ops.ncx.window_encode_finish(state, done, b)
+            assert not status.any()
             assert torch.equal(has, done)
             out.total += int(has.sum())
             for i in torch.nonzero(has).flatten().tolist():
@@ -367,3 +368,18 @@ def test_random_codes_always_decode(b):
             if bool(ended.all()):
                 break
         assert bool(ended.all()), f"{m.name}: a random code did not stop"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_invalid_window_state_is_a_status_on_every_device(device):
+    """A state tensor no window encoder wrote is the same per-stream status on
+    CPU and CUDA (not an exception on one and "no window" on the other), which
+    WindowEncoder turns into a ValueError naming the stream."""
+    from ncx.coder import WindowEncoder
+    enc = WindowEncoder(3, budget_bits=16, precision=10, device=device)
+    enc.state.fill_(-1)  # negative counts: not a coder's state
+    active = torch.tensor([False, True, False], device=device)
+    has, codes, nsym, status = torch.ops.ncx.window_encode_finish(enc.state.clone(), active, 16)
+    assert status.tolist() == [0, 9, 0] and not has.any()
+    with pytest.raises(ValueError, match=r"stream 1: the coder state is invalid"):
+        enc.finish(active)

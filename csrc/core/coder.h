@@ -258,8 +258,8 @@ NCX_HD void window_narrow(WindowInterval* w, uint32_t cum, uint32_t freq, int pr
 // lengths: only the alignment of the sub-intervals against the cell grid
 // moves, which is also why greedy capacity changes. With the fixed CDF order
 // (window rule 1), b=16 gave back 0.76% of greedy capacity on the held-out
-// corpus with the trained M1 (bench/RESULTS.md, "Equal-Info rule vs greedy
-// packing", has the figures of this rule, rule 2, and the variants tried).
+// corpus with the trained M1; docs/performance.md, "Equal-Info rule vs greedy
+// packing", has the current rule's figures (the earlier ones are in git history).
 enum WindowPlacement : int32_t { kPlaceFront = 0, kPlaceBack = 1, kPlaceNatural = 2 };
 
 struct WindowOrder {

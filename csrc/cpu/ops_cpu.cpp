@@ -335,7 +335,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
   return {event, codes, nsym, back, status};
 }
 
-std::tuple<Tensor, Tensor, Tensor> window_encode_finish_cpu(Tensor& state, const Tensor& active_in,
+std::tuple<Tensor, Tensor, Tensor, Tensor> window_encode_finish_cpu(Tensor& state, const Tensor& active_in,
                                                             int64_t budget_bits) {
   int64_t B = active_in.size(0);
   TORCH_CHECK(active_in.scalar_type() == at::kBool && active_in.dim() == 1, "active must be a bool tensor [B]");
@@ -348,11 +348,15 @@ std::tuple<Tensor, Tensor, Tensor> window_encode_finish_cpu(Tensor& state, const
   Tensor has = at::zeros({B}, opts.dtype(at::kBool));
   Tensor codes = at::zeros({B, nb}, opts.dtype(at::kByte));
   Tensor nsym = at::zeros({B}, opts.dtype(at::kInt));
+  Tensor status = at::zeros({B}, opts.dtype(at::kInt));
   for (int64_t b = 0; b < B; ++b) {
     if (!active.data_ptr<bool>()[b]) continue;
     WindowClose close;
     WindowEncoder* e = state_ptr<WindowEncoder>(state) + b;
-    TORCH_CHECK(window_encoder_valid(*e), "window encoder state of stream ", b, " is not a coder's state");
+    if (!window_encoder_valid(*e)) {  // as every op: a status, not an exception
+      status.data_ptr<int32_t>()[b] = kErrState;
+      continue;
+    }
     if (window_encode_finish(e, int(budget_bits), &close)) {
       has.data_ptr<bool>()[b] = true;
       uint8_t* c = codes.data_ptr<uint8_t>() + b * nb;
@@ -360,7 +364,7 @@ std::tuple<Tensor, Tensor, Tensor> window_encode_finish_cpu(Tensor& state, const
       nsym.data_ptr<int32_t>()[b] = close.symbols;
     }
   }
-  return {has, codes, nsym};
+  return {has, codes, nsym, status};
 }
 
 void window_decode_start_cpu(Tensor& state, const Tensor& codes_in, const Tensor& start_in,

@@ -368,14 +368,16 @@ __global__ void window_encode_step_kernel(int64_t* state, DistArg d, int64_t B, 
 }
 
 __global__ void window_encode_finish_kernel(int64_t* state, const bool* active, int64_t B, int budget_bits,
-                                            bool* has, uint8_t* codes, int32_t* nsym) {
+                                            bool* has, uint8_t* codes, int32_t* nsym, int32_t* status) {
   int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
   const int nb = budget_bits / 8;
   WindowClose close;
   WindowEncoder* e = state_at<WindowEncoder>(state, b);
-  // An invalid state (not a coder's) yields no window rather than garbage.
-  bool h = active[b] && window_encoder_valid(*e) && window_encode_finish(e, budget_bits, &close);
+  // An invalid state (not a coder's) is a status, as in every op, and no window.
+  const bool valid = !active[b] || window_encoder_valid(*e);
+  status[b] = valid ? kOk : kErrState;
+  bool h = active[b] && valid && window_encode_finish(e, budget_bits, &close);
   has[b] = h;
   store_code(codes + b * nb, nb, h ? close.value : U128{0, 0});
   nsym[b] = h ? close.symbols : 0;
@@ -514,10 +516,10 @@ void launch_window_encode_step(int64_t* state, DistArg d, int64_t B, const int64
 }
 
 void launch_window_encode_finish(int64_t* state, const bool* active, int64_t B, int budget_bits, bool* has,
-                                 uint8_t* codes, int32_t* nsym, cudaStream_t stream) {
+                                 uint8_t* codes, int32_t* nsym, int32_t* status, cudaStream_t stream) {
   if (B == 0) return;
   window_encode_finish_kernel<<<int((B + 127) / 128), 128, 0, stream>>>(state, active, B, budget_bits, has, codes,
-                                                                        nsym);
+                                                                        nsym, status);
 }
 
 void launch_window_decode_start(int64_t* state, const uint8_t* codes, const bool* start,

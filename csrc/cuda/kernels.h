@@ -49,7 +49,7 @@ void launch_window_encode_step(int64_t* state, DistArg dist, int64_t B, const in
                                cudaStream_t stream);
 
 void launch_window_encode_finish(int64_t* state, const bool* active, int64_t B, int budget_bits, bool* has,
-                                 uint8_t* codes, int32_t* nsym, cudaStream_t stream);
+                                 uint8_t* codes, int32_t* nsym, int32_t* status, cudaStream_t stream);
 
 void launch_window_decode_start(int64_t* state, const uint8_t* codes, const bool* start,
                                 const int64_t* max_symbols, int64_t B, int budget_bits, cudaStream_t stream);

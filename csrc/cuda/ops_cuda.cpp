@@ -194,7 +194,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cuda(Tenso
   return {event, codes, nsym, back, status};
 }
 
-std::tuple<Tensor, Tensor, Tensor> window_encode_finish_cuda(Tensor& state, const Tensor& active_in,
+std::tuple<Tensor, Tensor, Tensor, Tensor> window_encode_finish_cuda(Tensor& state, const Tensor& active_in,
                                                              int64_t budget_bits) {
   int64_t B = active_in.size(0);
   TORCH_CHECK(active_in.scalar_type() == at::kBool && active_in.dim() == 1, "active must be a bool tensor [B]");
@@ -209,11 +209,12 @@ std::tuple<Tensor, Tensor, Tensor> window_encode_finish_cuda(Tensor& state, cons
   Tensor has = at::empty({B}, opts.dtype(at::kBool));
   Tensor codes = at::empty({B, budget_bits / 8}, opts.dtype(at::kByte));
   Tensor nsym = at::empty({B}, opts.dtype(at::kInt));
+  Tensor status = at::empty({B}, opts.dtype(at::kInt));
   cuda::launch_window_encode_finish(state.data_ptr<int64_t>(), active.data_ptr<bool>(), B, int(budget_bits),
                                     has.data_ptr<bool>(), codes.data_ptr<uint8_t>(), nsym.data_ptr<int32_t>(),
-                                    stream());
+                                    status.data_ptr<int32_t>(), stream());
   check_launch();
-  return {has, codes, nsym};
+  return {has, codes, nsym, status};
 }
 
 void window_decode_start_cuda(Tensor& state, const Tensor& codes_in, const Tensor& start_in, const Tensor& max_in,
