@@ -46,7 +46,7 @@ import argparse
 import datetime
 import json
 import os
-import re
+import pickle
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +57,7 @@ import torch
 from . import dataset as ds
 from . import ops
 from .coder import WINDOW_RULE
+from .errors import NcxError
 from .corpus import SPLITS, corpus_hash, default_corpus, files_under, read_documents
 from .m1_loader import load_m1_coder
 from .methods import (FITTED_METHODS, M1_METHODS, METHOD_NAMES, METHODS, Encoded, EqualInfoACMethod, Method,
@@ -224,6 +225,16 @@ def _broadcast_from_rank0(obj, world: int):
     return box[0]
 
 
+def _sendable(error: Exception) -> Exception:
+    """The error itself for the other ranks to raise, or, when it does not pickle, an NcxError
+    with its type and text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return NcxError(f"{type(error).__name__}: {error}")
+
+
 def _barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
@@ -368,13 +379,13 @@ def compress(
                 job, done = _prepare_job(out, key, fit_docs, method, params, m1_coder)
             except Exception as e:
                 # Tell the other ranks, so they stop with the same error instead of waiting.
-                _broadcast_from_rank0(("error", type(e).__name__, str(e)), world)
+                _broadcast_from_rank0(("error", _sendable(e)), world)
                 raise
             _broadcast_from_rank0(("ok", job, done), world)
         else:
             msg = _broadcast_from_rank0(None, world)
             if msg[0] == "error":
-                raise (FileNotFoundError if msg[1] == "FileNotFoundError" else ValueError)(msg[2])
+                raise msg[1]
             _, job, done = msg
             if job["key"]["data"] != key["data"]:
                 raise ValueError(f"rank {rank} read other documents than rank 0")
@@ -482,7 +493,7 @@ def _decode_checked(method: Method, encoded: list[Encoded], rows: np.ndarray, wh
             try:
                 method.decode_batch([e])
             except ValueError as err:
-                reason = re.sub(r"^document \d+: ", "", str(err))
+                reason = err.reason if isinstance(err, NcxError) else str(err)
                 raise ValueError(f"{where}: document {int(row['doc_id'])} (shard {int(row['shard'])}) does not "
                                  f"decode: {reason}") from None
         raise ValueError(f"{where}: documents {int(rows['doc_id'][0])}..{int(rows['doc_id'][-1])} do not "

@@ -36,6 +36,7 @@ import torch
 from . import ops
 from .byte_stream import EOS, VOCAB_SIZE
 from .coder import WINDOW_RULE
+from .errors import NcxError
 from .model_coding import EncodedWindows, decode_streams, decode_windows, encode_streams, encode_windows
 
 __all__ = [
@@ -71,7 +72,7 @@ class Encoded:
     exceptions: list[tuple[int, int]] = field(default_factory=list)  # EqualInfoAC: (window, symbols)
 
 
-class DecodeError(ValueError):
+class DecodeError(NcxError):
     """Tokens that do not decode to their recorded document."""
 
 
@@ -117,10 +118,10 @@ class Method(ABC):
         for i, (e, doc) in enumerate(zip(encoded, docs)):
             if len(doc) != e.byte_count or zlib.crc32(doc) != e.crc32:
                 raise DecodeError(
-                    f"document {i}: decoded {len(doc)} bytes that do not match the recorded "
+                    f"decoded {len(doc)} bytes that do not match the recorded "
                     f"{e.byte_count} bytes / CRC-32 {e.crc32:#010x}"
                     + (": the tokens were made with another M1, or are corrupt" if self.m1_hash else
-                       ": the tokens are corrupt"))
+                       ": the tokens are corrupt"), "document", i)
         return docs
 
     def decode_tokens(self, token_seqs: Sequence[np.ndarray]) -> list[bytes]:
@@ -444,8 +445,8 @@ class StaticACMethod(Method):
                 cut = torch.nonzero(row == EOS)
                 end = int(cut[0, 0]) if len(cut) else len(row)
                 if not lenient and end != e.byte_count:
-                    raise DecodeError(f"document {lo + r}: StaticAC stream ends at symbol {end}, "
-                                      f"the recorded length is {e.byte_count}: the tokens are corrupt")
+                    raise DecodeError(f"StaticAC stream ends at symbol {end}, the recorded length is "
+                                      f"{e.byte_count}: the tokens are corrupt", "document", lo + r)
                 out.append(_symbols_to_bytes(row[:end]))
         return out
 
@@ -467,6 +468,8 @@ def _decode_ac(encoded, model, precision, v, batch, lenient) -> list[bytes]:
     lengths = [e.byte_count for e in encoded]
     try:
         out = decode_streams(streams, model, precision, eos=EOS, lengths=lengths, batch=batch)
+    except NcxError as err:
+        raise DecodeError(err.reason, err.item, err.index, code=err.code, others=err.others) from None
     except ValueError as err:
         raise DecodeError(str(err)) from None
     return [_symbols_to_bytes(s) for s in out]

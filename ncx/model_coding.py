@@ -21,6 +21,7 @@ from typing import Protocol, Sequence
 import torch
 
 from .coder import StreamDecoder, StreamEncoder, WindowDecoder, WindowEncoder
+from .errors import NcxError
 from .ops import max_encoded_bytes
 
 __all__ = [
@@ -192,7 +193,7 @@ def decode_windows(encoded: Sequence[EncodedWindows], model: ContextModel, budge
     for d, e in enumerate(encoded):
         for w, c in e.exceptions:
             if not 0 <= w < len(e.codes):
-                raise ValueError(f"document {d}: exception for window {w}, but it has {len(e.codes)} windows")
+                raise NcxError(f"exception for window {w}, but it has {len(e.codes)} windows", "document", d)
             caps[first[d] + w] = c
     caps = caps.to(device)
     B = max(1, min(batch, units))
@@ -343,8 +344,8 @@ def decode_streams(encoded: Sequence[tuple[torch.Tensor, int]], model: ContextMo
             row = seqs[r][seqs[r] >= 0]
             if eos is not None:
                 if not len(row) or int(row[-1]) != eos:
-                    raise ValueError(f"document {i}: the stream did not end with EOS where expected: "
-                                     f"the data is corrupt or was coded with another M1")
+                    raise NcxError("the stream did not end with EOS where expected: the data is corrupt or was "
+                                   "coded with another M1", "document", i)
                 row = row[:-1]
             results[i] = row
     return results

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import _C
+from .errors import NcxError
 
 __all__ = [
     "STATUS_MESSAGES",
@@ -84,17 +85,16 @@ def build_info() -> str:
 
 
 def check_status(status: torch.Tensor, what: str = "row") -> None:
-    """Raise ValueError for the first non-zero status code (one sync)."""
+    """Raise NcxError (a ValueError) for the first non-zero status code, naming
+    the item (`what` and its index) and the code (one sync)."""
     if not bool(status.any()):  # the common case, without nonzero's allocation
         return
     bad = torch.nonzero(status.reshape(-1))
     if bad.numel():
         i = int(bad[0, 0])
         code = int(status.reshape(-1)[i])
-        msg = STATUS_MESSAGES.get(code, f"error code {code}")
-        n = int(bad.shape[0])
-        more = f" (and {n - 1} more)" if n > 1 else ""
-        raise ValueError(f"{what} {i}: {msg}{more}")
+        raise NcxError(STATUS_MESSAGES.get(code, f"error code {code}"), what, i, code=code,
+                       others=int(bad.shape[0]) - 1)
 
 
 def check_dist(dist: torch.Tensor, dims: int | None, shape: str) -> int:

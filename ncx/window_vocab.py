@@ -32,6 +32,7 @@ import torch
 from . import _C, ops  # ops registers torch.ops.ncx
 from .byte_stream import EOS
 from .coder import WINDOW_RULE, WindowDecoder
+from .errors import NcxError
 
 # The native ops read EOS from their own header: it must be M1's.
 if _C.VOCAB_EOS != EOS:
@@ -46,14 +47,14 @@ VOCAB_FILE = "window_vocab.safetensors"  # its name beside a dataset's shards
 _META_FIELDS = ("b", "precision", "window_rule", "m1_hash", "m1_arithmetic", "max_symbols")
 
 
-class VocabularyGap(ValueError):
+class VocabularyGap(NcxError):
     """A document where no string of the vocabulary starts at some position: the M1-driven
     encoder would emit an exception window there, which the table cannot reproduce."""
 
     def __init__(self, document: int, position: int):
         self.document, self.position = document, position
-        super().__init__(f"document {document}: no window of the vocabulary starts at symbol {position} "
-                         f"(the M1 encoder emits an exception window there; encode it with --engine m1)")
+        super().__init__(f"no window of the vocabulary starts at symbol {position} (the M1 encoder emits an "
+                         f"exception window there; encode it with --engine m1)", "document", document)
 
 
 @dataclass
@@ -150,7 +151,7 @@ class WindowVocab:
             for d, exc in enumerate(exceptions):
                 for w, count in exc:
                     if not 0 <= w < lengths[d]:
-                        raise ValueError(f"document {d}: exception for window {w}, but it has {lengths[d]} windows")
+                        raise NcxError(f"exception for window {w}, but it has {lengths[d]} windows", "document", d)
                     caps[int(window_offsets[d]) + w] = count
         data, byte_offsets, _ = self.decode_flat(flat, window_offsets, caps)
         raw, bo = data.numpy().tobytes(), byte_offsets.tolist()

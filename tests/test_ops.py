@@ -381,3 +381,19 @@ def test_flipped_bits_with_caller_probs():
         bad[p // 8] ^= 1 << (p % 8)
         with raises(ValueError, "corrupt ncx blob|truncated or padded|compressed data is corrupt"):
             coder.decompress(bytes(bad), probs)
+
+
+def test_status_errors_carry_their_fields():
+    """A failed row is an NcxError (a ValueError) whose fields say which item, which status
+    and how many more; it survives pickling (jobs send errors between ranks)."""
+    import pickle
+
+    from ncx.errors import NcxError
+    status = torch.tensor([0, 0, 8, 7, 0], dtype=torch.int32)
+    with pytest.raises(NcxError) as info:
+        ops.check_status(status, "stream")
+    e = info.value
+    assert (e.item, e.index, e.code, e.others) == ("stream", 2, 8, 1)
+    assert isinstance(e, ValueError) and str(e) == f"stream 2: {ops.STATUS_MESSAGES[8]} (and 1 more)"
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is NcxError and back.__dict__ == e.__dict__ and str(back) == str(e)
