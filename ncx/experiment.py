@@ -161,14 +161,6 @@ def _manifest_method(method: Method) -> dict:
     return {"name": method.name, **method.spec()}
 
 
-def _windows_of(method: Method, tokens: np.ndarray) -> int:
-    """Equal-Info windows in a token sequence (0 for other methods)."""
-    b = getattr(method, "b", None)
-    if b is None:
-        return 0
-    return len(tokens) * (8 if method.vocab_size == 256 else 16) // b
-
-
 def _write_split(directory: Path, method: Method, docs: Sequence[bytes], encoded: Sequence[Encoded],
                  key: dict, m1_flops_per_byte: float) -> TokenDataset:
     if directory.exists():
@@ -177,7 +169,7 @@ def _write_split(directory: Path, method: Method, docs: Sequence[bytes], encoded
         directory, [e.tokens for e in encoded], [e.byte_count for e in encoded], [e.crc32 for e in encoded],
         vocab_size=method.vocab_size, method=_manifest_method(method),
         exceptions=[(i, w, s) for i, e in enumerate(encoded) for w, s in e.exceptions],
-        windows=[_windows_of(method, e.tokens) for e in encoded], m1_hash=method.m1_hash,
+        windows=[method.window_count(e.tokens) for e in encoded], m1_hash=method.m1_hash,
         inputs=[{"name": f"{key['split']} documents", "sha256": key["docs_sha256"],
                  "bytes": sum(len(d) for d in docs)}],
         extra={"m1_flops_per_byte": m1_flops_per_byte, DATASET_KEY: key})

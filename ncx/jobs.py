@@ -185,14 +185,6 @@ def _method_dict(method: Method) -> dict:
     return {"name": method.name, **method.spec()}
 
 
-def _windows(method: Method, encoded: Encoded) -> int:
-    """Equal-Info windows of one encoded document (0 for methods without windows): the
-    whole b-bit windows its tokens hold, as EqualInfoACMethod's decoder counts them."""
-    if not isinstance(method, EqualInfoACMethod):
-        return 0
-    return encoded.tokens.size * encoded.tokens.itemsize // (method.b // 8)
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -476,7 +468,7 @@ def _encode_shard(out: Path, shard: int, doc_range: tuple[int, int], docs: Seque
             byte_counts.append(e.byte_count)
             crcs.append(e.crc32)
             exceptions += [(j + k, w, s) for w, s in e.exceptions]
-            windows += _windows(method, e)
+            windows += method.window_count(e.tokens)
         bar.update(sum(map(len, chunk)))
     ds.write_shard(out, shard, tokens, byte_counts, crcs, range(start, stop), exceptions,
                    vocab_size=method.vocab_size, windows=windows)

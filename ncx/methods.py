@@ -136,6 +136,10 @@ class Method(ABC):
     def decode(self, encoded: Encoded) -> bytes:
         return self.decode_batch([encoded])[0]
 
+    def window_count(self, tokens: np.ndarray) -> int:
+        """Equal-Info windows in one document's tokens (0 for methods without windows)."""
+        return 0
+
     def bytes_per_token(self, docs: Sequence[bytes]) -> float:
         enc = self.encode_batch(docs)
         tokens = sum(len(e.tokens) for e in enc)
@@ -540,6 +544,10 @@ class EqualInfoACMethod(_M1Method):
             _check_vocab(vocab, b, self.precision, m1_coder)
         self.vocab = vocab
         self.vocab_fallbacks = 0
+
+    def window_count(self, tokens: np.ndarray) -> int:
+        """The whole b-bit windows the tokens hold, as the decoder counts them."""
+        return np.asarray(tokens).nbytes * 8 // self.b
 
     @property
     def m1_hash(self) -> str:

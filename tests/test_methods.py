@@ -193,3 +193,13 @@ def test_registry_builds_and_rebuilds_every_method(coder, train_docs):
         methods.method_from_name("lzma")
     with pytest.raises(ValueError, match="unknown method spec kind 'lzma'"):
         methods.method_from_spec({"kind": "lzma"})
+
+
+def test_window_count_is_whole_b_bit_windows():
+    """Method.window_count, which jobs and experiment record per document: the whole b-bit
+    windows in the tokens for EqualInfoAC in either token view, 0 for other methods."""
+    coder = m1.M1(m1.preset("tiny")).coder()
+    for b, v, n, windows in [(16, 256, 10, 5), (16, 65536, 3, 3), (24, 256, 9, 3), (24, 65536, 6, 4)]:
+        m = methods.EqualInfoACMethod(coder, b=b, v=v)
+        assert m.window_count(np.zeros(n, m.token_dtype)) == windows
+    assert methods.method_from_name("bytes").window_count(np.zeros(5, np.uint8)) == 0
