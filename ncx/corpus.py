@@ -19,6 +19,7 @@ works on bytes, not text.
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import gzip
 import hashlib
@@ -26,12 +27,20 @@ import importlib
 import inspect
 import json
 import os
+import posixpath
 import warnings
+import zlib
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 __all__ = [
     "SPLITS",
-    "SUPPORTED_SUFFIXES",
+    "JSONL_SUFFIXES",
+    "SOURCE_KINDS",
+    "Source",
+    "Skipped",
+    "Corpus",
+    "read_corpus",
     "default_corpus",
     "default_documents",
     "split_of",
@@ -160,53 +169,124 @@ def corpus_hash(docs: Iterable[bytes]) -> str:
 
 
 # ---------------------------------------------------------------- user data
-SUPPORTED_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
+# Suffixes that change how a file is read; every other file is one document of its raw bytes.
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+GZIP_SUFFIX = ".gz"
+# How a file becomes documents: "file" (the whole file, one document), "lines" (one
+# document per non-empty line, --lines) or "jsonl" (one per record's text field).
+SOURCE_KINDS = ("file", "lines", "jsonl")
 
 
-def _suffix(path: str) -> str | None:
-    lower = path.lower()
-    # Longest first, so "a.txt.gz" is gzip-compressed text, not plain ".gz".
-    for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(s):
-            return s
-    return None
+@dataclass
+class Source:
+    """One input file and the documents it gave (the next `documents` of the corpus).
+
+    name is where decompress puts the file back: its path relative to the directory given
+    (or, for files given by name and for several inputs, under the input's own base name),
+    POSIX separators."""
+
+    path: str
+    name: str
+    kind: str
+    gzip: bool
+    documents: int = 0
+    bytes: int = 0           # the file's size on disk
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "gzip": self.gzip, "documents": self.documents}
+
+
+@dataclass
+class Skipped:
+    """A path under an input directory that was not read, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Corpus:
+    """Documents read from files: documents[i] came from sources[k] for the k whose range
+    holds i (sources are in document order)."""
+
+    documents: list[bytes]
+    labels: list[str]        # per document: file, and line for line / record inputs
+    sources: list[Source]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def take(self, keep: Sequence[int]) -> "Corpus":
+        """The corpus with only documents `keep` (increasing indices), each source's count
+        shrunk to what it still gives."""
+        owner = [k for k, s in enumerate(self.sources) for _ in range(s.documents)]
+        counts = [0] * len(self.sources)
+        for i in keep:
+            counts[owner[i]] += 1
+        sources = [replace(s, documents=c) for s, c in zip(self.sources, counts)]
+        return Corpus([self.documents[i] for i in keep], [self.labels[i] for i in keep], sources, self.skipped)
+
+    def summary(self) -> str:
+        """One paragraph for a person: what was taken, what was skipped and why."""
+        took = (f"read {len(self.sources):,} file(s), {sum(s.bytes for s in self.sources):,} bytes on disk, "
+                f"as {len(self.documents):,} document(s) of {sum(map(len, self.documents)):,} bytes")
+        if not self.skipped:
+            return took + "; nothing skipped"
+        by_reason: dict[str, list[str]] = {}
+        for s in self.skipped:
+            by_reason.setdefault(s.reason, []).append(s.path)
+        parts = [f"{len(paths):,} {reason} ({', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})"
+                 for reason, paths in by_reason.items()]
+        return took + "; skipped " + "; ".join(parts)
+
+
+def _kind(path: str, lines: bool) -> str:
+    if path.lower().endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    return "lines" if lines else "file"
 
 
 def _open(path: str):
-    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+    return gzip.open(path, "rb") if path.lower().endswith(GZIP_SUFFIX) else open(path, "rb")
+
+
+def _read_all(path: str) -> bytes:
+    try:
+        with _open(path) as f:
+            return f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable gzip file ({e}); a .gz file is read decompressed") from None
 
 
 def _read_jsonl(path: str, text_field: str) -> list[tuple[str, bytes]]:
     out = []
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise ValueError(f"{where}: no field {text_field!r} (use --text-field to pick another)")
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise ValueError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
-            try:
-                # Lone surrogates U+DC80..U+DCFF stand for raw bytes 0x80..0xFF
-                # (Python's surrogateescape convention), so JSONL can carry any
-                # bytes losslessly.
-                out.append((where, text.encode("utf-8", "surrogateescape")))
-            except UnicodeEncodeError as e:
-                raise ValueError(f"{where}: field {text_field!r} holds a lone surrogate that is not an "
-                                 f"escaped byte ({e.reason})") from None
+    for lineno, line in enumerate(_read_all(path).split(b"\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            raise ValueError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(record, dict) or text_field not in record:
+            raise ValueError(f"{where}: no field {text_field!r} (use --text-field to pick another)")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+        try:
+            # Lone surrogates U+DC80..U+DCFF stand for raw bytes 0x80..0xFF
+            # (Python's surrogateescape convention), so JSONL can carry any
+            # bytes losslessly.
+            out.append((where, text.encode("utf-8", "surrogateescape")))
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where}: field {text_field!r} holds a lone surrogate that is not an "
+                             f"escaped byte ({e.reason})") from None
     return out
 
 
-def _read_txt(path: str, lines: bool) -> list[tuple[str, bytes]]:
-    with _open(path) as f:
-        data = f.read()
-    if not lines:
+def _read_file(path: str, kind: str, text_field: str) -> list[tuple[str, bytes]]:
+    if kind == "jsonl":
+        return _read_jsonl(path, text_field)
+    data = _read_all(path)
+    if kind == "file":
         return [(path, data)]
     out = []
     for lineno, line in enumerate(data.split(b"\n"), 1):
@@ -216,52 +296,118 @@ def _read_txt(path: str, lines: bool) -> list[tuple[str, bytes]]:
     return out
 
 
-def files_under(directory: str) -> list[str]:
-    """The files read_documents reads from a directory: those with a supported suffix under
-    it, recursively, in sorted path order, hidden files and folders skipped."""
-    found = []
+def _matches(relative: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(relative, p) or fnmatch.fnmatchcase(posixpath.basename(relative), p)
+               for p in patterns)
+
+
+def files_under(directory: str, include: Sequence[str] = (), exclude: Sequence[str] = ()
+                ) -> tuple[list[str], list[Skipped]]:
+    """The files read from a directory, in sorted path order, and what was passed over.
+
+    Every regular file under it is taken, whatever its name, except hidden ones (a name
+    starting with "."; a hidden folder is passed over whole), those not matching any
+    `include` glob (when some are given) and those matching an `exclude` glob. A glob matches
+    the path relative to the directory ("sub/*.py"; "*" crosses "/") or the file's name.
+    Symbolic links to files are read (their target's bytes); links to folders are not
+    followed; fifos, sockets and devices are never read."""
+    found, skipped = [], []
     for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [os.path.join(root, f) for f in files if not f.startswith(".") and _suffix(f)]
-    return sorted(found)
+        rel_root = os.path.relpath(root, directory)
+        for d in sorted(dirs):
+            full = os.path.join(root, d)
+            if d.startswith("."):
+                skipped.append(Skipped(full, "hidden folder(s)"))
+            elif os.path.islink(full):
+                skipped.append(Skipped(full, "link(s) to a folder, not followed"))
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d))]
+        for f in files:
+            full = os.path.join(root, f)
+            relative = posixpath.normpath(posixpath.join(*rel_root.split(os.sep), f))
+            if f.startswith("."):
+                skipped.append(Skipped(full, "hidden file(s)"))
+            elif not os.path.isfile(full):
+                skipped.append(Skipped(full, "not regular file(s)"))
+            elif include and not _matches(relative, include):
+                skipped.append(Skipped(full, "not matched by --include"))
+            elif exclude and _matches(relative, exclude):
+                skipped.append(Skipped(full, "matched by --exclude"))
+            else:
+                found.append(full)
+    return sorted(found), sorted(skipped, key=lambda s: s.path)
 
 
-def read_documents(paths: str | Sequence[str], text_field: str = "text",
-                   lines: bool = False) -> list[tuple[str, bytes]]:
-    """Documents from files and directories, as (source, bytes) in input order.
+def _restore_names(inputs: Sequence[tuple[str, list[str]]]) -> list[list[str]]:
+    """Each file's name for decompress, per input: relative to the one directory given; with
+    files given by name or several inputs, under each input's base name (made unique by a
+    suffix, so that no two inputs share a name)."""
+    single_dir = len(inputs) == 1 and os.path.isdir(inputs[0][0])
+    used: set[str] = set()
+    names = []
+    for p, files in inputs:
+        base = os.path.basename(os.path.normpath(os.path.abspath(p))) or "input"
+        if not single_dir:
+            stem, k = base, 2
+            while base in used:
+                base, k = f"{stem}-{k}", k + 1
+            used.add(base)
+        relative = [posixpath.join(*os.path.relpath(f, p).split(os.sep)) if os.path.isdir(p) else "" for f in files]
+        names.append([r if single_dir else posixpath.join(base, r) if r else base for r in relative])
+    return names
 
-    - .txt: the whole file is ONE document, its raw bytes (no decoding, so any
-      bytes survive). With lines=True each non-empty line is a document
-      (without its line ending).
-    - .jsonl: one JSON object per non-blank line; its `text_field` string,
-      encoded as UTF-8 with surrogateescape (see _read_jsonl), is a document.
-    - .txt.gz / .jsonl.gz: the same, gzip-compressed.
-    - a directory: every file with one of those suffixes under it,
-      recursively, in sorted path order (hidden files and folders skipped).
 
-    source names the file (and line, for one-per-line inputs). Raises
-    FileNotFoundError for a missing path and ValueError for an unsupported
-    suffix, malformed JSONL (with file and line) or no documents at all.
+def read_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike], text_field: str = "text",
+                lines: bool = False, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Corpus:
+    """Documents from files and directories, in input order, with where each came from.
+
+    - Any file is one document: its raw bytes, whatever its extension (no decoding, so any
+      bytes survive). With lines=True each non-empty line is a document instead (without
+      its line ending).
+    - .jsonl: one JSON object per non-blank line; its `text_field` string, encoded as UTF-8
+      with surrogateescape (see _read_jsonl), is a document.
+    - .gz: read decompressed (x.jsonl.gz is JSONL, x.txt.gz or x.gz text).
+    - a directory: every regular file under it (files_under: hidden ones skipped, include
+      and exclude globs), recursively, in sorted path order; the Corpus lists what was
+      skipped and why.
+
+    Raises FileNotFoundError for a missing path and ValueError for malformed JSONL or gzip
+    (with file and line), a directory with no files to read, or no documents at all.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    files = []
-    for p in map(os.fspath, paths):
+    paths = [os.fspath(p) for p in paths]
+    inputs: list[tuple[str, list[str]]] = []
+    skipped: list[Skipped] = []
+    for p in paths:
         if os.path.isdir(p):
-            found = files_under(p)
-            if not found:
-                raise ValueError(f"{p}: directory holds no {'/'.join(SUPPORTED_SUFFIXES)} files")
-            files += found
+            files, passed = files_under(p, include, exclude)
+            skipped += passed
+            if not files:
+                raise ValueError(f"{p}: directory holds no files to read"
+                                 + (f" ({len(passed)} skipped: {passed[0].reason}, ...)" if passed else ""))
+            inputs.append((p, files))
+        elif os.path.isfile(p):
+            inputs.append((p, [p]))
         elif os.path.exists(p):
-            if _suffix(p) is None:
-                raise ValueError(f"{p}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)} "
-                                 f"or a directory)")
-            files.append(p)
+            raise ValueError(f"{p}: not a regular file or directory")
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")
-    docs = []
-    for f in files:
-        docs += _read_jsonl(f, text_field) if _suffix(f).startswith(".jsonl") else _read_txt(f, lines)
+    docs, labels, sources = [], [], []
+    for (_, files), names in zip(inputs, _restore_names(inputs)):
+        for f, name in zip(files, names):
+            kind = _kind(f, lines)
+            read = _read_file(f, kind, text_field)
+            sources.append(Source(f, name, kind, f.lower().endswith(GZIP_SUFFIX), len(read), os.path.getsize(f)))
+            labels += [label for label, _ in read]
+            docs += [doc for _, doc in read]
     if not docs:
-        raise ValueError(f"no documents in {', '.join(map(os.fspath, paths)) or 'the input'}")
-    return docs
+        raise ValueError(f"no documents in {', '.join(paths) or 'the input'}")
+    return Corpus(docs, labels, sources, skipped)
+
+
+def read_documents(paths: str | os.PathLike | Sequence[str | os.PathLike], text_field: str = "text",
+                   lines: bool = False) -> list[tuple[str, bytes]]:
+    """read_corpus's documents as (label, bytes) pairs: label names the file, and the line
+    for one-per-line inputs."""
+    corpus = read_corpus(paths, text_field=text_field, lines=lines)
+    return list(zip(corpus.labels, corpus.documents))

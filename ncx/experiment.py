@@ -574,7 +574,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--compress-only", default="", metavar="METHODS",
                         help="methods to compress and check without training M2")
     parser.add_argument("--data", nargs="+", metavar="PATH",
-                        help=".txt/.jsonl files or directories (default: the embedded corpus)")
+                        help="files or directories (any file is a document, .jsonl one per record; "
+                             "default: the embedded corpus)")
     parser.add_argument("--heldout", nargs="+", metavar="PATH",
                         help="held-out documents (default: split --data by source name)")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")

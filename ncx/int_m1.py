@@ -469,7 +469,7 @@ def add_arguments(parser, command: str) -> None:
     parser.add_argument("--m1", required=True, metavar="CKPT", help="the float M1 checkpoint to convert")
     parser.add_argument("--out", help="integer checkpoint to write (default: CKPT with an -int suffix)")
     parser.add_argument("--data", nargs="+", metavar="PATH",
-                        help="calibration documents (.txt/.jsonl, optionally .gz, or directories); "
+                        help="calibration documents (files or directories, read as by compress --data); "
                              "default: the embedded corpus's training part")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     parser.add_argument("--lines", action="store_true", help="each line of a .txt file is a document")

@@ -20,12 +20,14 @@ Under torchrun (WORLD_SIZE > 1) the ranks join a gloo process group; rank 0 prep
 job (fit, job.json, which shards are done) and tells the others; shard i goes to rank
 i % WORLD_SIZE; rank 0 waits for all ranks and writes manifest.json.
 
-decompress restores the documents of a dataset into a directory: doc-000000.bin,
-doc-000001.bin, ... (the raw bytes of the document with that doc_id; the number is at
-least six digits wide) and, written last, documents.json: the dataset, its method and M1
-hash, and per document its doc_id, file, byte count and CRC-32. Every document is checked
-against its recorded length and CRC-32; shard files against their sha256 first (unless
---no-verify).
+decompress restores the documents of a dataset into a new or empty directory (it never
+overwrites). A dataset made from files (--data) comes back as those files, by their relative
+paths (ncx.layout; a directory gives the same tree). Otherwise, or with --flat, each document
+is doc-000000.bin, doc-000001.bin, ... (the raw bytes of the document with that doc_id; the
+number is at least six digits wide) and, written last, documents.json: the dataset, its
+method and M1 hash, and per document its doc_id, file, byte count and CRC-32. Every document
+is checked against its recorded length and CRC-32; shard files against their sha256 first
+(unless --no-verify).
 
 EqualInfoAC b=16 compresses through M1's window vocabulary by default (ncx.window_vocab,
 --engine vocab): built once, kept in the dataset as window_vocab.safetensors and named with its
@@ -58,7 +60,8 @@ from . import dataset as ds
 from . import ops
 from .coder import WINDOW_RULE
 from .errors import NcxError
-from .corpus import SPLITS, corpus_hash, default_corpus, files_under, read_documents
+from .corpus import SPLITS, Corpus, corpus_hash, default_corpus, read_corpus
+from .layout import LayoutWriter, load_sources, save_sources
 from .m1_loader import load_m1_coder
 from .methods import (FITTED_METHODS, M1_METHODS, METHOD_NAMES, METHODS, Encoded, EqualInfoACMethod, Method,
                       method_from_name, method_from_spec)
@@ -77,6 +80,8 @@ _PARAM_DEFAULTS = {"b": 16, "v": 256, "vocab_size": 8000}
 # EqualInfoAC's engines: "vocab" encodes by longest match over the window vocabulary built
 # from M1 (the default for b = 16), "m1" runs M1 in the loop (the reference; any b).
 ENGINES = ("vocab", "m1")
+# The manifest lists this many of the paths compress passed over (and counts them all).
+_SKIPPED_LISTED = 1000
 _FLAG = {"b": "--b", "v": "--v", "vocab_size": "--vocab-size"}
 
 # Rank 0 waits at a barrier while the slowest rank finishes its shards, which with M1 on a
@@ -111,35 +116,32 @@ def shard_ranges(byte_counts: Sequence[int], shard_docs: int | None = None,
     return ranges
 
 
-def _cap(docs: list[bytes], max_bytes: int | None) -> list[bytes]:
-    """At most max_bytes bytes of documents: taken in order, skipping any that would
-    overshoot (the rule of corpus.default_corpus)."""
+def _capped(count: int, lengths, max_bytes: int | None) -> list[int]:
+    """Indices of the documents kept under a cap of max_bytes bytes: taken in order,
+    skipping any that would overshoot (the rule of corpus.default_corpus)."""
     if max_bytes is None:
-        return docs
+        return list(range(count))
     if max_bytes <= 0:
         raise ValueError(f"--max-bytes must be positive, got {max_bytes}")
-    out, total = [], 0
-    for d in docs:
-        if total + len(d) <= max_bytes:
-            out.append(d)
-            total += len(d)
-    return out
-
-
-def _input_files(paths: Sequence[str]) -> list[str]:
-    """The files read_documents reads for these paths, in its order."""
-    files = []
-    for p in map(os.fspath, paths):
-        files += files_under(p) if os.path.isdir(p) else [p]
-    return files
+    keep, total = [], 0
+    for i, n in enumerate(lengths):
+        if total + n <= max_bytes:
+            keep.append(i)
+            total += n
+    return keep
 
 
 def _load_documents(data: Sequence[str] | None, split: str | None, text_field: str, lines: bool,
-                    max_bytes: int | None, what: str) -> tuple[list[bytes], list]:
-    """(documents, manifest input entries): from files, or the embedded corpus's split."""
+                    max_bytes: int | None, what: str, include: Sequence[str] = (),
+                    exclude: Sequence[str] = ()) -> tuple[list[bytes], list, Corpus | None]:
+    """(documents, manifest input entries, the corpus with its files): from files, or the
+    embedded corpus's split (no files: None)."""
+    corpus = None
     if data:
-        docs = _cap([d for _, d in read_documents(data, text_field=text_field, lines=lines)], max_bytes)
-        inputs = _input_files(data)
+        corpus = read_corpus(data, text_field=text_field, lines=lines, include=include, exclude=exclude)
+        corpus = corpus.take(_capped(len(corpus.documents), map(len, corpus.documents), max_bytes))
+        docs = corpus.documents
+        inputs = [s.path for s in corpus.sources]
     else:
         split = split or "train"
         if split not in SPLITS:
@@ -154,7 +156,15 @@ def _load_documents(data: Sequence[str] | None, split: str | None, text_field: s
                          + (f" with --max-bytes {max_bytes}" if max_bytes else "") + ")")
     if not any(docs):
         raise ValueError(f"{what}: the {len(docs)} document(s) hold no bytes")
-    return docs, inputs
+    return docs, inputs, corpus
+
+
+def _input_summary(corpus: Corpus) -> dict:
+    """What compress read and passed over, for the manifest and the summary it prints."""
+    return {"files": len(corpus.sources), "file_bytes": sum(s.bytes for s in corpus.sources),
+            "skipped_count": len(corpus.skipped),
+            "skipped": [{"path": k.path, "reason": k.reason} for k in corpus.skipped[:_SKIPPED_LISTED]],
+            "summary": corpus.summary()}
 
 
 def _method_params(method: str, given: dict) -> dict:
@@ -296,6 +306,8 @@ def compress(
     split: str | None = None,
     text_field: str = "text",
     lines: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     fit_data: Sequence[str] | None = None,
     fit_split: str | None = None,
     shard_docs: int | None = None,
@@ -317,8 +329,10 @@ def compress(
         once (kept in `out` as window_vocab.safetensors, its sha256 in the manifest, so the
         dataset decodes without M1) and encodes by longest match; "m1" codes with M1 in the
         loop. Both give the same tokens.
-    data: .txt/.jsonl(.gz) files or directories (corpus.read_documents, with text_field and
-        lines); None: the embedded corpus's `split` (default train).
+    data: files or directories (corpus.read_corpus: any file is a document, .jsonl records,
+        .gz read decompressed; text_field and lines; include / exclude globs pick files under
+        the directories); None: the embedded corpus's `split` (default train). The files'
+        names and kinds are kept (sources.json, ncx.layout) so that decompress restores them.
     fit_data / fit_split: what sentencepiece / static_ac are fitted on (default: the embedded
         corpus's train split).
     shard_docs / shard_bytes: the shard rule (shard_ranges). batch: documents per
@@ -345,7 +359,9 @@ def compress(
 
     rank, world, own_group = _dist_setup()
     try:
-        docs, inputs = _load_documents(data, split, text_field, lines, max_bytes, "input")
+        if (include or exclude) and not data:
+            raise ValueError("--include / --exclude pick files under --data directories: give --data")
+        docs, inputs, corpus = _load_documents(data, split, text_field, lines, max_bytes, "input", include, exclude)
         lengths = [len(d) for d in docs]
         ranges = shard_ranges(lengths, shard_docs, shard_bytes)
         m1_coder = m1_config = None
@@ -365,7 +381,8 @@ def compress(
             try:
                 fit_docs = None
                 if method in FITTED_METHODS:
-                    fit_docs, fit_inputs = _load_documents(fit_data, fit_split, text_field, lines, None, "fit data")
+                    fit_docs, fit_inputs, _ = _load_documents(fit_data, fit_split, text_field, lines, None,
+                                                              "fit data")
                     key["fit"] = {"documents": len(fit_docs), "bytes": sum(map(len, fit_docs)),
                                   "corpus_hash": corpus_hash(fit_docs)}
                 job, done = _prepare_job(out, key, fit_docs, method, params, m1_coder)
@@ -412,6 +429,9 @@ def compress(
             "fit_inputs": [ds.input_entry(x) for x in fit_inputs],
             "engine": engine,
             "window_vocab": {"file": VOCAB_FILE, "sha256": vocab.sha256} if vocab is not None else None,
+            # Where each document came from, so that decompress restores the files (ncx.layout).
+            "sources": save_sources(out, corpus, text_field) if corpus is not None else None,
+            "input_files": _input_summary(corpus) if corpus is not None else None,
         }
         return ds.finalize_manifest(out, method=job["method"], vocab_size=codec.vocab_size, num_shards=len(ranges),
                                     inputs=inputs, m1_hash=key["m1_hash"], extra=extra)
@@ -492,6 +512,21 @@ def _decode_checked(method: Method, encoded: list[Encoded], rows: np.ndarray, wh
                          f"decode together: {batch_error}") from None
 
 
+def _encoded_batches(data: ds.TokenDataset, batch: int):
+    """The dataset's documents in doc_id order, as (rows, [Encoded]) batches of `batch`."""
+    rows_all = data.documents[np.argsort(data.documents["doc_id"], kind="stable")]
+    for j in range(0, len(rows_all), batch):
+        rows = rows_all[j:j + batch]
+        encoded = []
+        for row in rows:
+            doc_id, offset = int(row["doc_id"]), int(row["token_offset"])
+            tokens = data.shard_tokens(int(row["shard"]))[offset:offset + int(row["token_count"])]
+            exc = data.exceptions_of(doc_id) if data.exceptions.size else ()
+            encoded.append(Encoded(np.asarray(tokens), int(row["byte_count"]), int(row["crc32"]),
+                                   [(int(e["window"]), int(e["symbols"])) for e in exc]))
+        yield rows, encoded
+
+
 def decompress(
     path: str | os.PathLike,
     out: str | os.PathLike,
@@ -500,15 +535,21 @@ def decompress(
     device: str | None = None,
     batch: int = 64,
     verify: bool = True,
+    flat: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Restore the documents of the dataset at `path` into the new (or empty) directory
-    `out`: doc-NNNNNN.bin per document and documents.json (see the module docstring).
+    """Restore the documents of the dataset at `path` into the new (or empty) directory `out`.
+
+    A dataset compressed from files (--data) is restored as those files, by their relative
+    paths (ncx.layout: files read whole come back byte for byte, JSONL records as
+    {text_field: text} lines); ncx.layout.INCOMPLETE_MARKER marks the folder until the last file is
+    done. Otherwise, or with flat, each document becomes doc-NNNNNN.bin, and documents.json,
+    written last, lists them (see the module docstring).
     Every document is checked against its recorded length and CRC-32, and with verify the
     shard files against their sha256 first. Datasets coded with M1 need the same M1
     checkpoint (`m1`), unless they carry M1's window vocabulary (EqualInfoAC b=16, engine
-    vocab), which decodes them alone; another M1 is an error naming both hashes. Returns documents.json's
-    content."""
+    vocab), which decodes them alone; another M1 is an error naming both hashes. Returns the
+    index: per document its doc_id, the file it went to, byte count and CRC-32."""
     data = ds.open_dataset(path)
     kind = data.method.get("kind")
     if m1 and kind not in M1_METHODS:
@@ -529,38 +570,35 @@ def decompress(
         raise ValueError(f"--batch must be >= 1, got {batch}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: --out must be a new or empty directory")
+        raise ValueError(f"{out}: --out must be a new or empty directory (decompress never overwrites files)")
+    sources = None if flat else load_sources(data)
     if verify:
         data.verify()
     out.mkdir(parents=True, exist_ok=True)
 
+    layout = LayoutWriter(out, *sources) if sources else None
     ids = data.documents["doc_id"]
     width = max(6, len(str(int(ids.max())))) if len(ids) else 6
     entries = []
     with _progress(data.total_bytes, f"decompress {method.name}", progress) as bar:
-        for s in data.shards:
-            rows = data.documents[data.documents["shard"] == s.shard]
-            tokens = data.shard_tokens(s.shard)
-            for j in range(0, len(rows), batch):
-                chunk = rows[j:j + batch]
-                encoded = []
-                for row in chunk:
-                    doc_id, offset = int(row["doc_id"]), int(row["token_offset"])
-                    exc = data.exceptions_of(doc_id) if data.exceptions.size else ()
-                    encoded.append(Encoded(np.asarray(tokens[offset:offset + int(row["token_count"])]),
-                                           int(row["byte_count"]), int(row["crc32"]),
-                                           [(int(e["window"]), int(e["symbols"])) for e in exc]))
-                for row, doc in zip(chunk, _decode_checked(method, encoded, chunk, str(data.path))):
-                    name = f"doc-{int(row['doc_id']):0{width}d}.bin"
+        for rows, encoded in _encoded_batches(data, batch):
+            for row, doc in zip(rows, _decode_checked(method, encoded, rows, str(data.path))):
+                doc_id = int(row["doc_id"])
+                if layout is not None:
+                    name = layout.write(doc_id, doc)
+                else:
+                    name = f"doc-{doc_id:0{width}d}.bin"
                     (out / name).write_bytes(doc)
-                    entries.append({"doc_id": int(row["doc_id"]), "file": name, "bytes": len(doc),
-                                    "crc32": zlib.crc32(doc)})
-                bar.update(int(chunk["byte_count"].sum()))
-    entries.sort(key=lambda e: e["doc_id"])
+                entries.append({"doc_id": doc_id, "file": name, "bytes": len(doc), "crc32": zlib.crc32(doc)})
+            bar.update(int(rows["byte_count"].sum()))
     index = {"format": "ncx-decompressed", "dataset": str(data.path), "method": data.method.get("name"),
-             "m1_hash": data.manifest.get("m1_hash"), "documents": entries}
-    # Written last: a directory without it is an interrupted decompression.
-    ds.atomic_write_json(out / DOCUMENTS_FILE, index)
+             "m1_hash": data.manifest.get("m1_hash"), "layout": "files" if layout else "flat",
+             "documents": entries}
+    if layout is not None:
+        index["files"] = layout.close()
+    else:
+        # Written last: a directory without it is an interrupted decompression.
+        ds.atomic_write_json(out / DOCUMENTS_FILE, index)
     return index
 
 
@@ -600,6 +638,9 @@ def describe(data: ds.TokenDataset) -> str:
           if m.get("m1_hash") and extra.get("m1_arithmetic") else []),
         *([f"vocabulary   {extra['window_vocab']['file']} (sha256 {extra['window_vocab']['sha256'][:16]}...; "
            f"decodes without M1)"] if isinstance(extra.get("window_vocab"), dict) else []),
+        *([f"files        {extra['input_files']['files']:,} input files, restored by decompress "
+           f"({extra['input_files'].get('skipped_count', 0):,} skipped when compressing)"]
+          if isinstance(extra.get("input_files"), dict) and extra.get("sources") else []),
         f"ncx version  {m.get('ncx_version')}",
         f"documents    {len(data):,}",
         f"bytes        {data.total_bytes:,}",
@@ -640,10 +681,17 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                             help="equal_info_ac: vocab (longest match over M1's window vocabulary, built once; "
                                  "default for b=16) or m1 (M1 in the loop; default for larger b); same tokens")
         parser.add_argument("--data", nargs="+", metavar="PATH",
-                            help=".txt/.jsonl files (optionally .gz) or directories; default: the embedded corpus")
+                            help="files or directories: every file is a document (its bytes), .jsonl holds one "
+                                 "per record, .gz is read decompressed; default: the embedded corpus")
+        parser.add_argument("--include", action="append", default=[], metavar="GLOB",
+                            help="under --data directories, read only files matching GLOB (path relative to the "
+                                 "directory, or file name; repeatable)")
+        parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                            help="under --data directories, skip files matching GLOB (repeatable)")
         parser.add_argument("--split", choices=SPLITS, help="part of the embedded corpus to compress (default train)")
         parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
-        parser.add_argument("--lines", action="store_true", help="each line of a .txt file is a document")
+        parser.add_argument("--lines", action="store_true",
+                            help="each non-empty line of a (non-JSONL) file is a document")
         fit = parser.add_mutually_exclusive_group()
         fit.add_argument("--fit-data", nargs="+", metavar="PATH",
                          help="sentencepiece/static_ac: documents to fit on "
@@ -662,7 +710,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the shard files")
     if command == "decompress":
         parser.add_argument("--out", required=True, metavar="OUTDIR",
-                            help="new or empty directory for doc-NNNNNN.bin files and documents.json")
+                            help="new or empty directory: the input's files by their paths (or doc-NNNNNN.bin)")
+        parser.add_argument("--flat", action="store_true",
+                            help="one doc-NNNNNN.bin file per document and documents.json, not the input's files")
         parser.add_argument("--m1", metavar="CKPT", help="the M1 checkpoint the dataset was coded with")
         parser.add_argument("--batch", type=int, default=64, help="documents per decode call (default 64)")
     if command in ("compress", "decompress"):
@@ -679,10 +729,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "compress":
         manifest = compress(
             args.out, args.method, b=args.b, v=args.v, vocab_size=args.vocab_size, m1=args.m1, data=args.data,
-            split=args.split, text_field=args.text_field, lines=args.lines, fit_data=args.fit_data,
+            split=args.split, text_field=args.text_field, lines=args.lines, include=args.include,
+            exclude=args.exclude, fit_data=args.fit_data,
             fit_split=args.fit_split, shard_docs=args.shard_docs, shard_bytes=args.shard_bytes, batch=args.batch,
             max_bytes=args.max_bytes, device=args.device, engine=args.engine, progress=not args.no_progress)
         if manifest is not None:
+            if manifest["extra"].get("input_files"):
+                print(f"{args.out}: {manifest['extra']['input_files']['summary']}")
             c = manifest["counts"]
             bpt = manifest["bytes_per_token"]
             print(f"{args.out}: {manifest['method']['name']}, {c['documents']:,} documents, {c['bytes']:,} bytes "
@@ -690,9 +743,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.out}: {manifest['method']['name']}, {c['documents']:,} documents, no tokens")
     elif args.command == "decompress":
         index = decompress(args.dataset, args.out, m1=args.m1, device=args.device, batch=args.batch,
-                           verify=not args.no_verify, progress=not args.no_progress)
+                           verify=not args.no_verify, flat=args.flat, progress=not args.no_progress)
         total = sum(e["bytes"] for e in index["documents"])
-        print(f"{args.out}: {len(index['documents']):,} documents, {total:,} bytes restored and checked (CRC-32)")
+        into = (f"into {len(index['files']):,} files by their paths" if index["layout"] == "files"
+                else "as doc-N.bin files (documents.json lists them)")
+        print(f"{args.out}: {len(index['documents']):,} documents, {total:,} bytes restored and checked (CRC-32), "
+              f"{into}")
     elif args.command == "inspect":
         data = ds.open_dataset(args.dataset)
         print(describe(data), flush=True)

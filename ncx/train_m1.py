@@ -175,7 +175,8 @@ def train_m1(config: M1Config, train_docs: Sequence[bytes], heldout_docs: Sequen
 def add_arguments(parser, command: str) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default="small", help="model size (default: small)")
     parser.add_argument("--data", nargs="+", metavar="PATH",
-                        help=".txt/.jsonl files (optionally .gz) or directories; default: the embedded corpus")
+                        help="files or directories (any file is a document, .jsonl one per record, .gz read "
+                             "decompressed); default: the embedded corpus")
     parser.add_argument("--heldout", nargs="+", metavar="PATH",
                         help="held-out documents; default: one --data document in ten, chosen by a hash "
                              "of its source name (the embedded corpus has its own split)")

@@ -29,6 +29,8 @@ import torch
 
 from ncx import cli
 from ncx import m1 as m1_module
+from ncx.corpus import read_documents
+from ncx.layout import INCOMPLETE_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the model codes each byte with a probability and the coder turns those into bits "
@@ -73,6 +75,11 @@ def write_jsonl(path: Path, docs: list[bytes]) -> Path:
 
 
 def restored(directory: Path) -> list[bytes]:
+    """The documents decompress wrote: the input's files read back (a dataset made from
+    files), or doc-N.bin files in documents.json's order (--flat, the embedded corpus)."""
+    assert not (directory / INCOMPLETE_MARKER).exists()
+    if not (directory / "documents.json").exists():
+        return [d for _, d in read_documents(str(directory))]
     index = json.loads((directory / "documents.json").read_text())
     docs = [(directory / e["file"]).read_bytes() for e in index["documents"]]
     assert [e["doc_id"] for e in index["documents"]] == list(range(len(docs)))
@@ -305,9 +312,12 @@ def test_compress_errors_are_one_line(tmp_path, data, capsys, tiny_m1s):
     missing = tmp_path / "nope.jsonl"
     assert "no such file or directory" in error_of(capsys, "compress", "--method", "gzip", "--data", missing,
                                                    "--out", out)
-    (tmp_path / "a.csv").write_text("x")
-    assert "unsupported file type" in error_of(capsys, "compress", "--method", "gzip", "--data",
-                                               tmp_path / "a.csv", "--out", out)
+    (tmp_path / "a.csv.gz").write_text("x")
+    assert "not a readable gzip file" in error_of(capsys, "compress", "--method", "gzip", "--data",
+                                                  tmp_path / "a.csv.gz", "--out", out)
+    assert "holds no files to read" in error_of(capsys, "compress", "--method", "gzip", "--data", data["path"].parent,
+                                                "--include", "*.rs", "--out", out)
+    assert "give --data" in error_of(capsys, "compress", "--method", "gzip", "--exclude", "*.md", "--out", out)
     (tmp_path / "blank.jsonl").write_text("\n\n")
     assert "no documents" in error_of(capsys, "compress", "--method", "gzip", "--data", tmp_path / "blank.jsonl",
                                       "--out", out)
