@@ -41,7 +41,8 @@ import torch
 
 from . import metrics
 from .corpus import corpus_hash, default_corpus, read_documents, split_of
-from .dataset import TokenDataset, open_dataset, write_dataset
+from .dataset import TokenDataset, open_dataset
+from .jobs import encoded_documents, write_documents
 from .m1 import M1
 from .m1_loader import load_m1_coder
 from .m2 import PRESETS, preset
@@ -55,6 +56,7 @@ __all__ = ["MethodRequest", "parse_method", "parse_methods", "chunk_documents", 
            "run_experiment", "results_table", "plot_results", "add_arguments", "run"]
 
 DATASET_KEY = "experiment"   # manifest extra entry identifying what a dataset was made from
+_SHARD_BYTES = 1 << 26       # input bytes per shard: one shard for corpora of the demo's size
 RUN_KEY_FILE = "experiment.json"
 
 
@@ -157,22 +159,15 @@ def _log_default(message: str) -> None:
 
 
 # ------------------------------------------------------------------------- datasets
-def _manifest_method(method: Method) -> dict:
-    return {"name": method.name, **method.spec()}
-
-
 def _write_split(directory: Path, method: Method, docs: Sequence[bytes], encoded: Sequence[Encoded],
                  key: dict, m1_flops_per_byte: float) -> TokenDataset:
     if directory.exists():
         shutil.rmtree(directory)  # a stale or unfinished dataset: its shard count may differ
-    return write_dataset(
-        directory, [e.tokens for e in encoded], [e.byte_count for e in encoded], [e.crc32 for e in encoded],
-        vocab_size=method.vocab_size, method=_manifest_method(method),
-        exceptions=[(i, w, s) for i, e in enumerate(encoded) for w, s in e.exceptions],
-        windows=[method.window_count(e.tokens) for e in encoded], m1_hash=method.m1_hash,
+    return write_documents(
+        directory, method, docs, encoded=encoded, shard_bytes=_SHARD_BYTES, m1_flops_per_byte=m1_flops_per_byte,
         inputs=[{"name": f"{key['split']} documents", "sha256": key["docs_sha256"],
                  "bytes": sum(len(d) for d in docs)}],
-        extra={"m1_flops_per_byte": m1_flops_per_byte, DATASET_KEY: key})
+        extra={DATASET_KEY: key})
 
 
 def _matching_dataset(directory: Path, key: dict) -> TokenDataset | None:
@@ -182,18 +177,6 @@ def _matching_dataset(directory: Path, key: dict) -> TokenDataset | None:
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
     return ds if ds.manifest.get("extra", {}).get(DATASET_KEY) == key else None
-
-
-def encoded_from_dataset(ds: TokenDataset) -> list[Encoded]:
-    """Every document of a dataset as stored (tokens, length, CRC-32, exceptions), in
-    doc_id order: what decode_batch needs."""
-    out = []
-    for row in np.sort(ds.documents, order="doc_id"):
-        doc_id = int(row["doc_id"])
-        exceptions = [(int(r["window"]), int(r["symbols"])) for r in ds.exceptions_of(doc_id)]
-        out.append(Encoded(np.asarray(ds.tokens_of(doc_id)), int(row["byte_count"]), int(row["crc32"]),
-                           exceptions))
-    return out
 
 
 def _retokenize(encoded: Sequence[Encoded], v_from: int, v_to: int) -> list[Encoded]:
@@ -216,7 +199,7 @@ def _check_heldout(method: Method, heldout_ds: TokenDataset, heldout_docs: Seque
     """Decode the held-out dataset as stored; None when it gives back exactly the documents,
     else what is wrong."""
     try:
-        decoded = method.decode_batch(encoded_from_dataset(heldout_ds))
+        decoded = method.decode_batch(encoded_documents(heldout_ds))
     except DecodeError as e:
         return str(e)
     bad = [i for i, (a, b) in enumerate(zip(decoded, heldout_docs)) if a != b]
@@ -312,8 +295,8 @@ def _prepare_method(req: MethodRequest, train_docs, heldout_docs, m1_coder, m1_f
         log(f"[compress] {method.name}: reusing {dirs['train'].parent}")
         info["reused"] = True
         if req.kind in BIT_STREAM_METHODS and method.vocab_size == 256:
-            shared[req] = {"method": method, "train": encoded_from_dataset(train_ds),
-                           "heldout": encoded_from_dataset(heldout_ds)}
+            shared[req] = {"method": method, "train": encoded_documents(train_ds),
+                           "heldout": encoded_documents(heldout_ds)}
     else:
         # A bit stream cut into 8- or 16-bit tokens: the v=256 coding serves v=65536 too.
         base = req.with_v(256) if req.kind in BIT_STREAM_METHODS else None

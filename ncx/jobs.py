@@ -67,7 +67,8 @@ from .methods import (FITTED_METHODS, M1_METHODS, METHOD_NAMES, METHODS, Encoded
                       method_from_name, method_from_spec)
 from .window_vocab import VOCAB_FILE, WindowVocab, build_window_vocab, dataset_vocab, load_window_vocab
 
-__all__ = ["compress", "decompress", "inspect_dataset", "shard_ranges", "add_arguments", "run",
+__all__ = ["compress", "decompress", "inspect_dataset", "shard_ranges", "write_documents", "encoded_documents",
+           "add_arguments", "run",
            "JOB_FILE", "DOCUMENTS_FILE", "ENGINES"]
 
 JOB_FILE = "job.json"
@@ -414,17 +415,7 @@ def compress(
         _barrier(world)
         if rank != 0:
             return None
-        # Windows and exceptions over all shards (other ranks wrote theirs): from the records.
-        records = [ds.load_shard_record(out, i) for i in range(len(ranges))]
         extra = {
-            "m1_flops_per_byte": m1_config.flops_per_byte if m1_config else 0,
-            # M1's float coding path is bit-exact per kind of device (docs/design.md,
-            # "Determinism of M1", level 1):
-            # decompress checks it decodes on the same kind. The integer path decodes anywhere.
-            "m1_device_type": torch.device(codec.coder.device).type if m1_config else None,
-            "m1_arithmetic": codec.coder.arithmetic if m1_config else None,
-            "windows": sum(r.windows for r in records if r),
-            "exceptions": sum(r.exceptions for r in records if r),
             "shard_rule": key["shards"],
             "fit_inputs": [ds.input_entry(x) for x in fit_inputs],
             "engine": engine,
@@ -433,8 +424,8 @@ def compress(
             "sources": save_sources(out, corpus, text_field) if corpus is not None else None,
             "input_files": _input_summary(corpus) if corpus is not None else None,
         }
-        return ds.finalize_manifest(out, method=job["method"], vocab_size=codec.vocab_size, num_shards=len(ranges),
-                                    inputs=inputs, m1_hash=key["m1_hash"], extra=extra)
+        return _finish(out, codec, job["method"], len(ranges), inputs,
+                       m1_config.flops_per_byte if m1_config else 0, extra)
     finally:
         if own_group:
             import torch.distributed as dist
@@ -478,12 +469,14 @@ def _job_vocab(out: Path, m1_coder, codec: EqualInfoACMethod, rank: int, world: 
 
 
 def _encode_shard(out: Path, shard: int, doc_range: tuple[int, int], docs: Sequence[bytes], method: Method,
-                  batch: int, bar) -> None:
+                  batch: int, bar, encoded: Sequence[Encoded] | None = None) -> None:
+    """Code documents doc_range (or take their given `encoded` form) and write them as one shard."""
     start, stop = doc_range
     tokens, byte_counts, crcs, exceptions, windows = [], [], [], [], 0
     for j in range(start, stop, batch):
         chunk = docs[j:min(j + batch, stop)]
-        for k, e in enumerate(method.encode_batch(chunk)):
+        coded = encoded[j:j + len(chunk)] if encoded is not None else method.encode_batch(chunk)
+        for k, e in enumerate(coded):
             tokens.append(e.tokens)
             byte_counts.append(e.byte_count)
             crcs.append(e.crc32)
@@ -492,6 +485,52 @@ def _encode_shard(out: Path, shard: int, doc_range: tuple[int, int], docs: Seque
         bar.update(sum(map(len, chunk)))
     ds.write_shard(out, shard, tokens, byte_counts, crcs, range(start, stop), exceptions,
                    vocab_size=method.vocab_size, windows=windows)
+
+
+def _finish(out: Path, method: Method, method_dict: dict, num_shards: int, inputs, m1_flops_per_byte: float,
+            extra: dict) -> dict:
+    """Write the manifest of a dataset whose shards 0..num_shards-1 are written, with what
+    every dataset records about its method and M1 besides `extra`."""
+    records = [ds.load_shard_record(out, i) for i in range(num_shards)]
+    coder = getattr(method, "coder", None)
+    extra = {
+        "m1_flops_per_byte": m1_flops_per_byte if coder is not None else 0,
+        # M1's float coding path is bit-exact per kind of device (docs/design.md, "Determinism
+        # of M1", level 1): decompress checks it decodes on the same kind. The integer path
+        # decodes anywhere.
+        "m1_device_type": torch.device(coder.device).type if coder is not None else None,
+        "m1_arithmetic": coder.arithmetic if coder is not None else None,
+        # Over all shards (other ranks wrote theirs): from the records.
+        "windows": sum(r.windows for r in records if r),
+        "exceptions": sum(r.exceptions for r in records if r),
+        **extra,
+    }
+    return ds.finalize_manifest(out, method=method_dict, vocab_size=method.vocab_size, num_shards=num_shards,
+                                inputs=inputs, m1_hash=method.m1_hash, extra=extra)
+
+
+def write_documents(out: str | os.PathLike, method: Method, docs: Sequence[bytes], *,
+                    encoded: Sequence[Encoded] | None = None, shard_docs: int | None = None,
+                    shard_bytes: int | None = None, inputs: Sequence = (), m1_flops_per_byte: float = 0.0,
+                    extra: dict | None = None, batch: int = 256, progress: bool = False) -> ds.TokenDataset:
+    """Code documents held in memory with a ready method (or take their `encoded` form, one
+    per document) into the new dataset `out`, shard by shard, in this process; open it.
+
+    compress's dataset without its job: no fitting, no job record, no resume, no ranks (for
+    callers that hold the method and the documents, as `ncx experiment` does). `out` must be
+    new or empty; the shard rule is compress's (shard_ranges); extra adds manifest facts."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: must be a new or empty directory")
+    if encoded is not None and len(encoded) != len(docs):
+        raise ValueError(f"{len(encoded)} encoded documents for {len(docs)} documents")
+    ranges = shard_ranges([len(d) for d in docs], shard_docs, shard_bytes)
+    out.mkdir(parents=True, exist_ok=True)
+    with _progress(sum(map(len, docs)), f"compress {method.name}", progress) as bar:
+        for i, doc_range in enumerate(ranges):
+            _encode_shard(out, i, doc_range, docs, method, batch, bar, encoded)
+    _finish(out, method, _method_dict(method), len(ranges), inputs, m1_flops_per_byte, dict(extra or {}))
+    return ds.open_dataset(out)
 
 
 # ------------------------------------------------------------------- decompress
@@ -512,19 +551,19 @@ def _decode_checked(method: Method, encoded: list[Encoded], rows: np.ndarray, wh
                          f"decode together: {batch_error}") from None
 
 
-def _encoded_batches(data: ds.TokenDataset, batch: int):
-    """The dataset's documents in doc_id order, as (rows, [Encoded]) batches of `batch`."""
-    rows_all = data.documents[np.argsort(data.documents["doc_id"], kind="stable")]
-    for j in range(0, len(rows_all), batch):
-        rows = rows_all[j:j + batch]
-        encoded = []
-        for row in rows:
-            doc_id, offset = int(row["doc_id"]), int(row["token_offset"])
-            tokens = data.shard_tokens(int(row["shard"]))[offset:offset + int(row["token_count"])]
-            exc = data.exceptions_of(doc_id) if data.exceptions.size else ()
-            encoded.append(Encoded(np.asarray(tokens), int(row["byte_count"]), int(row["crc32"]),
-                                   [(int(e["window"]), int(e["symbols"])) for e in exc]))
-        yield rows, encoded
+def encoded_documents(data: ds.TokenDataset, rows: np.ndarray | None = None) -> list[Encoded]:
+    """Documents of a dataset as stored (tokens, length, CRC-32, exceptions): what a method's
+    decode_batch takes. rows: rows of data.documents (default: all, in doc_id order)."""
+    if rows is None:
+        rows = data.documents[np.argsort(data.documents["doc_id"], kind="stable")]
+    out = []
+    for row in rows:
+        doc_id, offset = int(row["doc_id"]), int(row["token_offset"])
+        tokens = data.shard_tokens(int(row["shard"]))[offset:offset + int(row["token_count"])]
+        exc = data.exceptions_of(doc_id) if data.exceptions.size else ()
+        out.append(Encoded(np.asarray(tokens), int(row["byte_count"]), int(row["crc32"]),
+                           [(int(e["window"]), int(e["symbols"])) for e in exc]))
+    return out
 
 
 def decompress(
@@ -581,8 +620,10 @@ def decompress(
     width = max(6, len(str(int(ids.max())))) if len(ids) else 6
     entries = []
     with _progress(data.total_bytes, f"decompress {method.name}", progress) as bar:
-        for rows, encoded in _encoded_batches(data, batch):
-            for row, doc in zip(rows, _decode_checked(method, encoded, rows, str(data.path))):
+        in_order = data.documents[np.argsort(ids, kind="stable")]
+        for j in range(0, len(in_order), batch):
+            rows = in_order[j:j + batch]
+            for row, doc in zip(rows, _decode_checked(method, encoded_documents(data, rows), rows, str(data.path))):
                 doc_id = int(row["doc_id"])
                 if layout is not None:
                     name = layout.write(doc_id, doc)

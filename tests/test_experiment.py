@@ -11,8 +11,8 @@ import torch
 from ncx import metrics
 from ncx.cli import main
 from ncx.dataset import open_dataset
-from ncx.experiment import (MethodRequest, chunk_documents, encoded_from_dataset, parse_method, parse_methods,
-                            run_experiment)
+from ncx.experiment import MethodRequest, chunk_documents, parse_method, parse_methods, run_experiment
+from ncx.jobs import encoded_documents
 from ncx.m1 import M1, preset as m1_preset, save_m1
 from ncx.methods import EqualInfoACMethod, GZipMethod, StaticACMethod
 
@@ -188,7 +188,7 @@ def test_m1_methods_and_65k_tokens_from_the_256_bit_streams(tmp_path, docs, tiny
     direct = {"EqualInfoAC[b=16, v=65k]": EqualInfoACMethod(tiny_m1.coder(), b=16, v=65536),
               "StaticAC[v=65k]": StaticACMethod.fit(train, v=65536)}
     for name, method in direct.items():
-        stored = encoded_from_dataset(open_dataset(by_name[name]["heldout_dir"]))
+        stored = encoded_documents(open_dataset(by_name[name]["heldout_dir"]))
         for got, want in zip(stored, method.encode_batch(held)):
             assert np.array_equal(got.tokens, want.tokens) and got.exceptions == want.exceptions
     flops_m1 = float(tiny_m1.config.flops_per_byte)

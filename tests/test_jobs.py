@@ -383,3 +383,27 @@ def test_corrupt_and_missing_datasets_are_reported(tmp_path, data, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     assert "new or empty directory" in error_of(capsys, "decompress", good, "--out", tmp_path / "busy")
+
+
+def test_write_documents_is_compress_without_the_job(tmp_path, data):
+    """The in-memory path (ncx experiment's): the same shards and manifest facts as compress,
+    from a ready method; refuses a folder that holds files."""
+    from ncx.jobs import encoded_documents, write_documents
+    from ncx.methods import GZipMethod
+
+    method = GZipMethod(v=65536)
+    made = write_documents(tmp_path / "w", method, data["docs"], shard_docs=5, extra={"note": "x"})
+    assert ncx("compress", "--method", "gzip", "--v", 65536, "--data", data["path"], "--out", tmp_path / "c",
+               "--shard-docs", 5, "--no-progress") == 0
+    for shard in range(5):
+        name = f"shard-{shard:05d}.tokens"
+        assert (tmp_path / "w" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+    assert made.manifest["extra"]["note"] == "x" and made.manifest["extra"]["windows"] == 0
+    assert method.decode_batch(encoded_documents(made)) == data["docs"]
+    # Given their encoded form, documents are written as they are, not coded again.
+    again = write_documents(tmp_path / "e", method, data["docs"], encoded=encoded_documents(made))
+    assert [t.tobytes() for t in again.iter_shards()] == [b"".join(t.tobytes() for t in made.iter_shards())]
+    with pytest.raises(ValueError, match="new or empty"):
+        write_documents(tmp_path / "w", method, data["docs"])
+    with pytest.raises(ValueError, match="2 encoded documents for 24"):
+        write_documents(tmp_path / "x", method, data["docs"], encoded=encoded_documents(made)[:2])
