@@ -20,6 +20,7 @@ COMMANDS = {
     "train-m2": ("ncx.train_m2", "train M2 on a token dataset"),
     "experiment": ("ncx.experiment", "compress, train and evaluate a grid of methods and M2 sizes"),
     "generate": ("ncx.generate", "sample text from M2 through M1's decoder"),
+    "export": ("ncx.export", "write a token dataset for Megatron, Hugging Face datasets or nanoGPT"),
     "export-tokenizer": ("ncx.tokenizer_export",
                          "write an EqualInfoAC b=16 window vocabulary as a Hugging Face tokenizer.json"),
 }
