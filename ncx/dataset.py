@@ -58,6 +58,8 @@ __all__ = [
     "atomic_write_json",
     "remove_stale_temporaries",
     "load_shard_record",
+    "load_table",
+    "file_sha256",
     "input_entry",
 ]
 
@@ -104,7 +106,8 @@ def _record_name(shard: int) -> str:
     return f"shard-{shard:05d}.json"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file, read in chunks (shards can be large)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
@@ -218,7 +221,7 @@ def write_shard(
     info = ShardInfo(
         shard=int(shard_index),
         files=files,
-        sha256={k: _sha256(directory / v) for k, v in files.items()},
+        sha256={k: file_sha256(directory / v) for k, v in files.items()},
         documents=n,
         tokens=int(tokens.size),
         bytes=int(index["byte_count"].sum()),
@@ -301,7 +304,7 @@ def _check_shard_files(directory: Path, info: ShardInfo, hash_files: bool) -> Ex
                           f"of {itemsize} bytes ({info.tokens * itemsize} bytes)")
     if hash_files:
         for role, name in info.files.items():
-            if _sha256(directory / name) != info.sha256[role]:
+            if file_sha256(directory / name) != info.sha256[role]:
                 return ValueError(f"{directory / name}: sha256 checksum mismatch "
                                   f"(shard {info.shard} is corrupt)")
     return None
@@ -331,6 +334,18 @@ def existing_shards(directory: str | os.PathLike, verify: bool = True) -> list[i
     return done
 
 
+def load_table(path: Path, dtype: np.dtype) -> np.ndarray:
+    """A 1-D .npy table of `dtype` (the document index, the exceptions), read without pickle;
+    ValueError naming the file when it is unreadable or of another shape or dtype."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: unreadable ({e})") from None
+    if arr.dtype != dtype or arr.ndim != 1:
+        raise ValueError(f"{path}: expected a 1-D array of {dtype}, got {arr.ndim}-D {arr.dtype}")
+    return arr
+
+
 def input_entry(item) -> dict:
     """A manifest "inputs" entry (name, sha256, bytes): a path is hashed here; a dict with
     those keys is taken as is, for inputs that are not files (an embedded corpus, a generated
@@ -343,7 +358,7 @@ def input_entry(item) -> dict:
     path = Path(item)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input file not found")
-    return {"name": str(path), "sha256": _sha256(path), "bytes": path.stat().st_size}
+    return {"name": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 def finalize_manifest(
@@ -541,14 +556,7 @@ class TokenDataset:
         self._memmaps: dict[int, np.ndarray] = {}
 
     def _load_npy(self, name: str, dtype: np.dtype) -> np.ndarray:
-        path = self.path / name
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise ValueError(f"{path}: unreadable ({e})") from None
-        if arr.dtype != dtype or arr.ndim != 1:
-            raise ValueError(f"{path}: expected a 1-D array of {dtype}, got {arr.ndim}-D {arr.dtype}")
-        return arr
+        return load_table(self.path / name, dtype)
 
     # --- sizes
     def __len__(self) -> int:

@@ -32,7 +32,6 @@ into a directory that holds files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -92,14 +91,6 @@ def _data_files(format: str, count: int) -> list[str]:
     if format == "bin":
         return ["train.bin"]
     return [f"data/train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -236,7 +227,7 @@ def export_dataset(dataset: ds.TokenDataset | str | os.PathLike, out: str | os.P
         "token_dtype": dtype.str,
         "files": {"data": data_files, "documents": DOCUMENTS_FILE, "exceptions": EXCEPTIONS_FILE,
                   "window_vocab": VOCAB_FILE if vocab is not None else None},
-        "sha256": {name: _file_sha256(out / name) for name in sidecar},
+        "sha256": {name: ds.file_sha256(out / name) for name in sidecar},
         "counts": {"documents": len(documents), "tokens": data.total_tokens, "bytes": data.total_bytes,
                    "exceptions": len(data.exceptions), "files": len(data_files) + len(sidecar) + 1},
         "source": {"path": str(data.path), "manifest": data.manifest},
@@ -325,15 +316,9 @@ def _load_table(path: Path, sha256: str, dtype: np.dtype) -> np.ndarray:
     """A sidecar .npy file, checked against its recorded sha256 before numpy reads it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (part of the export's sidecar)")
-    if _file_sha256(path) != sha256:
+    if ds.file_sha256(path) != sha256:
         raise ValueError(f"{path}: does not match its sha256 in {RECORD_FILE} (corrupt or edited)")
-    try:
-        table = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: unreadable ({e})") from None
-    if table.dtype != dtype or table.ndim != 1:
-        raise ValueError(f"{path}: expected a 1-D array of {dtype}, got {table.ndim}-D {table.dtype}")
-    return table
+    return ds.load_table(path, dtype)
 
 
 def _read_record(path: Path) -> dict:
@@ -388,7 +373,7 @@ def open_export(out: str | os.PathLike) -> ExportedDataset:
     if vocab_file := record["files"]["window_vocab"]:
         if not (path / vocab_file).is_file():
             raise FileNotFoundError(f"{path / vocab_file}: missing (the export's window vocabulary)")
-        if _file_sha256(path / vocab_file) != sha.get(vocab_file):
+        if ds.file_sha256(path / vocab_file) != sha.get(vocab_file):
             raise ValueError(f"{path / vocab_file}: does not match its sha256 in {RECORD_FILE} (corrupt or edited)")
     for file in export.data_files:
         if not file.is_file():

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .corpus import SOURCE_KINDS, Corpus
-from .dataset import atomic_write_json
+from .dataset import atomic_write_json, file_sha256
 
 __all__ = ["SOURCES_FILE", "INCOMPLETE_MARKER", "SourceFile", "save_sources", "load_sources", "LayoutWriter"]
 
@@ -54,7 +54,7 @@ def save_sources(directory: Path, corpus: Corpus, text_field: str) -> dict:
               "files": [s.to_json() for s in corpus.sources]}
     path = Path(directory) / SOURCES_FILE
     atomic_write_json(path, record)
-    return {"file": SOURCES_FILE, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"file": SOURCES_FILE, "sha256": file_sha256(path)}
 
 
 def _check_name(name, where: str) -> str:

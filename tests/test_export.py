@@ -323,7 +323,7 @@ def test_a_damaged_sidecar_is_a_clear_error(tmp_path, datasets_by_method):
         else:
             path.write_bytes(content)
         documents_path.write_bytes(path.read_bytes())
-        edit_record(lambda r: r["sha256"].update({"documents.npy": export._file_sha256(path)}))
+        edit_record(lambda r: r["sha256"].update({"documents.npy": ds.file_sha256(path)}))
         with pytest.raises(ValueError, match=message):
             open_export(out)
         restore()
@@ -331,7 +331,7 @@ def test_a_damaged_sidecar_is_a_clear_error(tmp_path, datasets_by_method):
     rows = np.load(documents_path)
     rows["token_count"][0] += 1
     np.save(documents_path, rows, allow_pickle=False)
-    edit_record(lambda r: r["sha256"].update({"documents.npy": export._file_sha256(documents_path)}))
+    edit_record(lambda r: r["sha256"].update({"documents.npy": ds.file_sha256(documents_path)}))
     with pytest.raises(ValueError, match="does not match the counts"):
         open_export(out)
     restore()
