@@ -5,7 +5,9 @@ step takes `batch_size` windows of seq_len + 1 tokens starting at uniformly rand
 that stream (windows cross document and shard boundaries, as in the paper's packed
 sequences): inputs are the first seq_len tokens, targets the last seq_len. The offsets of
 step k are a pure function of (seed, k), so the sampler's whole state is the step number:
-resuming at step k draws exactly the batches an uninterrupted run would have drawn.
+resuming at step k draws exactly the batches an uninterrupted run would have drawn. The sampler
+is ncx.torch_dataset.PackedWindows, also a torch IterableDataset, so that a training loop
+elsewhere can draw these same windows.
 
 Held-out evaluation scores every token of the valid dataset once, in fixed order: its
 stream is cut into consecutive chunks of seq_len + 1 tokens that overlap by one, so each
@@ -45,8 +47,9 @@ from tqdm.auto import tqdm
 from . import metrics
 from .dataset import TokenDataset, atomic_write_json, open_dataset
 from .m2 import M2, PRESETS, M2Config, preset
+from .torch_dataset import PackedWindows, TokenStream, rank_and_world
 
-__all__ = ["train_m2", "TrainOptions", "load_model", "TokenStream", "lr_at", "add_arguments", "run"]
+__all__ = ["train_m2", "TrainOptions", "load_model", "lr_at", "add_arguments", "run"]
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -56,41 +59,6 @@ CHECKPOINT_FORMAT = ("ncx-m2-checkpoint", 1)
 # bit-exactly needs them unchanged too.
 RUN_IDENTITY = ("config", "steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup",
                 "weight_decay", "grad_clip", "seed")
-
-
-class TokenStream:
-    """A dataset's shards as one read-only token stream (no copy: the shards stay memmaps)."""
-
-    def __init__(self, ds: TokenDataset):
-        self.parts = list(ds.iter_shards())
-        sizes = np.array([len(p) for p in self.parts], dtype=np.int64)
-        self.ends = np.cumsum(sizes)  # stream position just past each shard
-        self.starts = self.ends - sizes
-
-    def __len__(self) -> int:
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def read(self, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start + length) as int64 [length], gathered across shards."""
-        if start < 0 or start + length > len(self):
-            raise IndexError(f"window [{start}, {start + length}) outside the stream of {len(self)}")
-        out = np.empty(length, dtype=np.int64)
-        filled = 0
-        part = int(np.searchsorted(self.ends, start, side="right"))
-        while filled < length:
-            lo = start + filled - int(self.starts[part])
-            piece = self.parts[part][lo:lo + length - filled]
-            out[filled:filled + len(piece)] = piece
-            filled += len(piece)
-            part += 1
-        return out
-
-
-def window_offsets(seed: int, step: int, count: int, stream_len: int, window: int) -> np.ndarray:
-    """The `count` window starts of one step: int64 [count], uniform in [0, stream_len - window].
-    Counter-based (seeded by (seed, step)), so no sampler state needs saving."""
-    rng = np.random.default_rng([seed, step])
-    return rng.integers(0, stream_len - window + 1, size=count, dtype=np.int64)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, min_lr_ratio: float) -> float:
@@ -126,12 +94,6 @@ def evaluate(model: torch.nn.Module, stream: TokenStream, seq_len: int, batch_si
         dist.all_reduce(total)
     model.train(was_training)
     return float(total[0]), int(total[1])
-
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -227,15 +189,16 @@ def train_m2(
     opts = replace(options or TrainOptions(), **overrides)
     train, valid, config, seq_len = _open_data(train_ds, valid_ds, config, opts.seq_len)
     setup = _Setup.of(opts, steps)
-    train_stream, valid_stream = _streams(train, valid, seq_len)
+    sampler = PackedWindows(train, seq_len, opts.batch_size, opts.seed, steps=steps, rank=setup.rank,
+                            world=setup.world)
+    valid_stream = _valid_stream(valid)
     m1_flops_per_byte = _m1_flops_per_byte(train, opts)
     identity = {"config": asdict(config), "steps": steps, "batch_size": opts.batch_size, "seq_len": seq_len,
                 "lr": opts.lr, "min_lr_ratio": opts.min_lr_ratio, "warmup": opts.warmup,
                 "weight_decay": opts.weight_decay, "grad_clip": opts.grad_clip, "seed": opts.seed}
     out_dir = Path(opts.out_dir) if opts.out_dir is not None else None
     checkpoint = _checkpoint_to_resume(out_dir, opts.resume, identity)
-    run = _M2Run(opts, steps, config, seq_len, train_stream, valid_stream, valid, setup, identity, out_dir,
-                 checkpoint)
+    run = _M2Run(opts, steps, config, seq_len, sampler, valid_stream, valid, setup, identity, out_dir, checkpoint)
     completed = run.train(started)
     summary = run.summary(train.method, completed, m1_flops_per_byte)
     if setup.rank == 0 and out_dir is not None:
@@ -264,15 +227,12 @@ def _open_data(train_ds, valid_ds, config: M2Config | str,
     return train_ds, valid_ds, config, seq_len
 
 
-def _streams(train_ds: TokenDataset, valid_ds: TokenDataset, seq_len: int) -> tuple[TokenStream, TokenStream]:
-    """The datasets' token streams, checked to hold a training window and a prediction."""
-    train_stream, valid_stream = TokenStream(train_ds), TokenStream(valid_ds)
-    if len(train_stream) < seq_len + 1:
-        raise ValueError(f"{train_ds.path}: {len(train_stream)} tokens, a training window needs "
-                         f"{seq_len + 1}")
+def _valid_stream(valid_ds: TokenDataset) -> TokenStream:
+    """The valid dataset's token stream, checked to hold a prediction."""
+    valid_stream = TokenStream(valid_ds)
     if len(valid_stream) < 2:
         raise ValueError(f"{valid_ds.path}: the valid dataset needs at least 2 tokens")
-    return train_stream, valid_stream
+    return valid_stream
 
 
 def _m1_flops_per_byte(train_ds: TokenDataset, opts: TrainOptions) -> float:
@@ -296,7 +256,7 @@ class _Setup:
 
     @classmethod
     def of(cls, opts: TrainOptions, steps: int) -> "_Setup":
-        rank, world = _dist_info()
+        rank, world = rank_and_world()
         if opts.batch_size % world:
             raise ValueError(f"batch_size {opts.batch_size} must be divisible by the world size {world}")
         local_batch = opts.batch_size // world
@@ -345,10 +305,10 @@ class _M2Run:
     checkpoints that advance them."""
 
     def __init__(self, opts: TrainOptions, steps: int, config: M2Config, seq_len: int,
-                 train_stream: TokenStream, valid_stream: TokenStream, valid_ds: TokenDataset, setup: _Setup,
+                 sampler: PackedWindows, valid_stream: TokenStream, valid_ds: TokenDataset, setup: _Setup,
                  identity: dict, out_dir: Path | None, checkpoint: dict | None):
         self.opts, self.steps, self.config, self.seq_len = opts, steps, config, seq_len
-        self.train_stream, self.valid_stream, self.valid_ds = train_stream, valid_stream, valid_ds
+        self.sampler, self.valid_stream, self.valid_ds = sampler, valid_stream, valid_ds
         self.setup, self.identity, self.out_dir = setup, identity, out_dir
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if setup.bf16 else contextlib.nullcontext()
 
@@ -427,18 +387,14 @@ class _M2Run:
         (nats/token, the mean over this rank's share)."""
         opts, setup = self.opts, self.setup
         t0 = time.perf_counter()
-        window = self.seq_len + 1
-        offsets = window_offsets(opts.seed, self.step, opts.batch_size, len(self.train_stream), window)
-        local = offsets[setup.rank * setup.local_batch:(setup.rank + 1) * setup.local_batch]
+        local = self.sampler.local_batch(self.step)  # this rank's windows, int64 (local_batch, T+1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.steps, opts.lr, opts.warmup, opts.min_lr_ratio)
         self.optimizer.zero_grad(set_to_none=True)
         n_micro = setup.local_batch // setup.micro_batch
         step_loss = torch.zeros((), device=setup.device)
         for j in range(n_micro):
-            rows = local[j * setup.micro_batch:(j + 1) * setup.micro_batch]
-            w = torch.from_numpy(np.stack([self.train_stream.read(int(s), window) for s in rows]))  # (b, T+1)
-            w = w.to(setup.device)
+            w = torch.from_numpy(local[j * setup.micro_batch:(j + 1) * setup.micro_batch]).to(setup.device)
             # DDP all-reduces gradients in the last micro-batch's backward only.
             sync = contextlib.nullcontext() if setup.world == 1 or j == n_micro - 1 else self.train_model.no_sync()
             with sync:
@@ -632,7 +588,7 @@ def run(args: argparse.Namespace) -> int:
             m1_flops_per_byte=args.m1_flops_per_byte, progress=not args.no_progress,
         )
         summary = train_m2(train_ds, valid_ds, config, args.steps, options)
-        if _dist_info()[0] == 0:
+        if rank_and_world()[0] == 0:
             brief = {k: v for k, v in summary.items() if k not in ("history", "config", "method")}
             print(json.dumps(brief, indent=2))
         if distributed:

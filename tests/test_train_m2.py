@@ -15,7 +15,8 @@ from ncx import metrics
 from ncx.cli import main
 from ncx.dataset import write_dataset
 from ncx.m2 import M2, M2Config
-from ncx.train_m2 import TokenStream, TrainOptions, evaluate, load_model, lr_at, train_m2, window_offsets
+from ncx.torch_dataset import TokenStream, window_offsets
+from ncx.train_m2 import TrainOptions, evaluate, load_model, lr_at, train_m2
 
 TINY = M2Config(vocab_size=256, n_layer=2, n_head=2, n_embd=32, mlp=64, context=32)
 SMALL_RUN = dict(batch_size=8, seq_len=32, lr=3e-3, warmup=3, progress=False)
