@@ -39,11 +39,11 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import __version__
 from . import dataset as ds
-from .methods import M1_METHODS, Encoded, Method, method_from_spec
+from .jobs import decoding_method
+from .methods import Encoded, Method
 from .window_vocab import VOCAB_FILE, dataset_vocab
 
 __all__ = ["export_dataset", "open_export", "ExportedDataset", "export_token_dtype", "FORMATS", "RECORD_FILE",
@@ -268,25 +268,7 @@ class ExportedDataset:
         """The method that decodes these tokens, rebuilt from the recorded spec: with the
         export's window vocabulary when it has one, else with the M1 checkpoint `m1` (loaded on
         `device`, default cpu) for methods that code with M1; another M1 is a clear error."""
-        spec = self.manifest.get("method", {})
-        if m1 is not None and spec.get("kind") not in M1_METHODS:
-            raise ValueError(f"{self.path}: m1 does not apply: the tokens were coded with {spec.get('name')}, "
-                             f"which does not use M1")
-        coder, vocab = None, dataset_vocab(self)
-        if m1 is not None:
-            from .m1_loader import load_m1_coder
-
-            coder = load_m1_coder(str(m1), device=device or "cpu")[0]
-            coded_on = self.manifest.get("extra", {}).get("m1_device_type")
-            here = torch.device(coder.device).type
-            if vocab is None and coder.arithmetic == "float" and coded_on and here != coded_on:
-                raise ValueError(f"{self.path}: the tokens were coded with M1 on {coded_on}; M1's float coding path "
-                                 f"is bit-exact only on the same kind of device: decode with device={coded_on!r}")
-        method = method_from_spec(spec, coder, vocab=vocab)
-        if method.vocab_size != self.vocab_size:
-            raise ValueError(f"{self.path}: method {method.name} has vocabulary {method.vocab_size}, the export "
-                             f"{self.vocab_size}")
-        return method
+        return decoding_method(self, m1, device or "cpu")
 
     def encoded(self, i: int, tokens) -> Encoded:
         """The i-th document of the export (row i of documents, not its doc_id) as the decoder

@@ -68,6 +68,7 @@ from .methods import (FITTED_METHODS, M1_METHODS, METHOD_NAMES, METHODS, Encoded
 from .window_vocab import VOCAB_FILE, WindowVocab, build_window_vocab, dataset_vocab, load_window_vocab
 
 __all__ = ["compress", "decompress", "inspect_dataset", "shard_ranges", "write_documents", "encoded_documents",
+           "decoding_method",
            "add_arguments", "run",
            "JOB_FILE", "DOCUMENTS_FILE", "ENGINES"]
 
@@ -551,6 +552,30 @@ def _decode_checked(method: Method, encoded: list[Encoded], rows: np.ndarray, wh
                          f"decode together: {batch_error}") from None
 
 
+def decoding_method(data, m1: str | os.PathLike | None = None, device: str | None = None) -> Method:
+    """The method that decodes the tokens of `data` (a TokenDataset, or anything with its
+    path, manifest and vocab_size, such as an export): rebuilt from the manifest's spec, with
+    the window vocabulary it carries, else with the M1 checkpoint `m1` for methods that code
+    with M1. Refuses --m1 for methods without M1, M1's float path on another kind of device
+    than it coded on, and a method whose vocabulary is not the data's."""
+    spec = data.manifest.get("method", {})
+    if m1 and spec.get("kind") not in M1_METHODS:
+        raise ValueError(f"--m1 does not apply: {data.path} was coded with {spec.get('name')}, "
+                         f"which does not use M1")
+    coder = _load_m1_coder(m1, device)[0] if m1 else None
+    vocab = dataset_vocab(data)
+    coded_on = data.manifest.get("extra", {}).get("m1_device_type")
+    if vocab is None and coder is not None and coder.arithmetic == "float" and coded_on and \
+            torch.device(coder.device).type != coded_on:
+        raise ValueError(f"{data.path} was coded with M1 on {coded_on}; M1's float coding path is bit-exact only "
+                         f"on the same kind of device: decode with --device {coded_on}")
+    method = method_from_spec(spec, coder, vocab=vocab)
+    if method.vocab_size != data.vocab_size:
+        raise ValueError(f"{data.path}: method {method.name} has vocabulary {method.vocab_size}, the data "
+                         f"{data.vocab_size}")
+    return method
+
+
 def encoded_documents(data: ds.TokenDataset, rows: np.ndarray | None = None) -> list[Encoded]:
     """Documents of a dataset as stored (tokens, length, CRC-32, exceptions): what a method's
     decode_batch takes. rows: rows of data.documents (default: all, in doc_id order)."""
@@ -590,21 +615,7 @@ def decompress(
     vocab), which decodes them alone; another M1 is an error naming both hashes. Returns the
     index: per document its doc_id, the file it went to, byte count and CRC-32."""
     data = ds.open_dataset(path)
-    kind = data.method.get("kind")
-    if m1 and kind not in M1_METHODS:
-        raise ValueError(f"--m1 does not apply: {data.path} was coded with {data.method.get('name')}, "
-                         f"which does not use M1")
-    coder = _load_m1_coder(m1, device)[0] if m1 else None
-    vocab = dataset_vocab(data)
-    coded_on = data.manifest.get("extra", {}).get("m1_device_type")
-    if vocab is None and coder is not None and coder.arithmetic == "float" and coded_on and \
-            torch.device(coder.device).type != coded_on:
-        raise ValueError(f"{data.path} was coded with M1 on {coded_on}; M1's float coding path is bit-exact only "
-                         f"on the same kind of device: decode with --device {coded_on}")
-    method = method_from_spec(data.method, coder, vocab=vocab)
-    if method.vocab_size != data.vocab_size:
-        raise ValueError(f"{data.path}: method {method.name} has vocabulary {method.vocab_size}, the dataset "
-                         f"{data.vocab_size}")
+    method = decoding_method(data, m1, device)
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     out = Path(out)
