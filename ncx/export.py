@@ -101,13 +101,17 @@ def _progress(total: int, desc: str, enabled: bool):
 
 # ------------------------------------------------------------------------ writing
 def _write_token_stream(data: ds.TokenDataset, path: Path, dtype: np.dtype, bar) -> None:
-    """All tokens of the dataset, shard after shard, into one flat file of dtype."""
+    """All tokens of the dataset, shard after shard, into one flat file of dtype. Read with
+    plain reads, not the dataset's memory maps, so that a large export does not keep the
+    shards mapped (and counted in its resident memory) until it ends."""
+    itemsize = data.token_dtype.itemsize
     with open(path, "wb") as f:
-        for tokens in data.iter_shards():
-            for start in range(0, len(tokens), CHUNK_TOKENS):
-                chunk = np.ascontiguousarray(tokens[start:start + CHUNK_TOKENS]).astype(dtype, copy=False)
-                f.write(memoryview(chunk).cast("B"))
-                bar.update(len(chunk))
+        for shard in data.shards:
+            with open(data.path / shard.files["tokens"], "rb") as src:
+                while chunk := src.read(CHUNK_TOKENS * itemsize):
+                    tokens = np.frombuffer(chunk, dtype=data.token_dtype)
+                    f.write(chunk if dtype == data.token_dtype else tokens.astype(dtype).tobytes())
+                    bar.update(len(tokens))
 
 
 def _write_megatron_index(path: Path, token_counts: np.ndarray, dtype: np.dtype) -> None:
@@ -155,7 +159,9 @@ def _write_parquet(data: ds.TokenDataset, out: Path, names: list[str], bar) -> N
         rows = data.documents[first_rows[shard]:first_rows[shard + 1]] if shard < len(data.shards) else \
             data.documents[:0]
         tokens = data.shard_tokens(shard) if shard < len(data.shards) else np.zeros(0, data.token_dtype)
-        with pq.ParquetWriter(out / name, schema) as writer:
+        # Parquet keeps 16-bit ids in 32-bit columns; zstd takes the zero high halves back out,
+        # and a dictionary does not pay on coder output (nearly every id occurs).
+        with pq.ParquetWriter(out / name, schema, compression="zstd", use_dictionary=False) as writer:
             for lo, hi in _row_groups(rows["token_count"]):
                 part = rows[lo:hi]
                 start = int(part["token_offset"][0])
