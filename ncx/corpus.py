@@ -248,17 +248,33 @@ def _open(path: str):
     return gzip.open(path, "rb") if path.lower().endswith(GZIP_SUFFIX) else open(path, "rb")
 
 
+_BAD_GZIP = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _bad_gzip(path: str, error: Exception) -> ValueError:
+    return ValueError(f"{path}: not a readable gzip file ({error}); a .gz file is read decompressed")
+
+
 def _read_all(path: str) -> bytes:
     try:
         with _open(path) as f:
             return f.read()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: not a readable gzip file ({e}); a .gz file is read decompressed") from None
+    except _BAD_GZIP as e:
+        raise _bad_gzip(path, e) from None
+
+
+def _lines(path: str):
+    """The file's lines, read one at a time (a large JSONL file is never held whole)."""
+    try:
+        with _open(path) as f:
+            yield from f
+    except _BAD_GZIP as e:
+        raise _bad_gzip(path, e) from None
 
 
 def _read_jsonl(path: str, text_field: str) -> list[tuple[str, bytes]]:
     out = []
-    for lineno, line in enumerate(_read_all(path).split(b"\n"), 1):
+    for lineno, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

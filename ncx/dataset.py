@@ -553,6 +553,7 @@ class TokenDataset:
                 counts.get("documents"), counts.get("tokens"), counts.get("bytes")):
             raise ValueError(f"{mpath}: counts do not match the shards")
         self._order = np.argsort(self.documents["doc_id"], kind="stable")
+        self._exceptions_sorted = np.sort(self.exceptions, order=["doc_id", "window"])
         self._memmaps: dict[int, np.ndarray] = {}
 
     def _load_npy(self, name: str, dtype: np.dtype) -> np.ndarray:
@@ -610,10 +611,11 @@ class TokenDataset:
         return self.shard_tokens(int(row["shard"]))[start:start + int(row["token_count"])]
 
     def exceptions_of(self, doc_id: int) -> np.ndarray:
-        """The exception rows (EXCEPTION_DTYPE) of one document, sorted by window."""
+        """The exception rows (EXCEPTION_DTYPE) of one document, sorted by window. A lookup in
+        the table sorted once, not a scan: decompress asks for every document."""
         self._row(doc_id)
-        rows = self.exceptions[self.exceptions["doc_id"] == doc_id]
-        return np.sort(rows, order="window")
+        ids = self._exceptions_sorted["doc_id"]
+        return self._exceptions_sorted[np.searchsorted(ids, doc_id):np.searchsorted(ids, doc_id, side="right")]
 
     def verify(self) -> None:
         """Check every shard file against its sha256 in the manifest; ValueError naming the

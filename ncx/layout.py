@@ -92,12 +92,12 @@ def load_sources(dataset) -> tuple[list[SourceFile], str] | None:
             if f["kind"] not in SOURCE_KINDS or not isinstance(f["gzip"], bool) or \
                     not isinstance(f["documents"], int) or f["documents"] < 0:
                 raise ValueError(f"entry {f!r}")
-            files.append(SourceFile(_check_name(f["name"], where), f["kind"], f["gzip"], first, f["documents"]))
+            files.append(SourceFile(f["name"], f["kind"], f["gzip"], first, f["documents"]))
             first += f["documents"]
     except (ValueError, KeyError, TypeError) as e:
-        if isinstance(e, ValueError) and "plain relative path" in str(e):
-            raise
         raise ValueError(f"{where}: not a valid sources record ({e})") from None
+    for f in files:
+        _check_name(f.name, where)
     names = {f.name for f in files}
     if len(names) != len(files):
         raise ValueError(f"{where}: a file name appears twice")
