@@ -227,6 +227,23 @@ class IntM1Coder(KVCacheCoder):
 
     __call__ = step
 
+    @torch.no_grad()
+    def steps(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """C steps of every stream in one forward: tokens, positions integer
+        (B, C), row b feeding its tokens at consecutive positions -> float32
+        (B, C, 257), [:, c] bit-identical to what step() gives at position c.
+        An encoder knows every symbol in advance (teacher forcing), so it can
+        hand M1 a block of positions at once: a few large GEMMs instead of C
+        small ones, and attention that reads each stream's cache while it is
+        still in the CPU's caches. The float M1 has no such method: its
+        block forward would round differently from the decoder's steps."""
+        checked, positions, _ = self._begin_step(tokens, positions)
+        B, C = checked.shape
+        streams = torch.arange(B, device=self.device).repeat_interleave(C)
+        weights = self.model.forward_rows(checked.reshape(-1), streams, positions.reshape(-1), self.k_cache,
+                                          self.v_cache)
+        return weights.view(B, C, -1).float()
+
 
 # ------------------------------------------------------------ conversion
 @torch.no_grad()

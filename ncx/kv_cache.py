@@ -65,28 +65,36 @@ class KVCacheCoder:
 
     def _begin_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Check a step's arguments, make room in the caches and record the new
-        fill levels. Returns (tokens with BOS at position 0, positions, both
-        int64 on the coder's device, and the largest position)."""
-        if tokens.dim() != 1 or positions.shape != tokens.shape:
-            raise ValueError(f"tokens and positions must be 1-D of the same length, got "
+        fill levels. tokens and positions are (B,) for one position per
+        stream, or (B, C) for C consecutive positions per stream (row b feeds
+        its C tokens at positions[b, 0], positions[b, 0] + 1, ...). Returns
+        (tokens with BOS at position 0, positions, both int64 on the coder's
+        device, and the largest position)."""
+        if tokens.dim() not in (1, 2) or positions.shape != tokens.shape:
+            raise ValueError(f"tokens and positions must be 1-D of the same length (or 2-D of the same shape), got "
                              f"{tuple(tokens.shape)} and {tuple(positions.shape)}")
+        if tokens.dim() == 2 and tokens.shape[1] == 0:
+            raise ValueError("tokens and positions of shape (B, C) need C >= 1")
         B = tokens.shape[0]
         tokens = tokens.to(self.device, torch.int64)
         positions = positions.to(self.device, torch.int64)
+        first, last = (positions, positions) if positions.dim() == 1 else (positions[:, 0], positions[:, -1])
+        if positions.dim() == 2 and positions.shape[1] > 1 and not bool((positions.diff(dim=1) == 1).all()):
+            raise ValueError("the positions of a row must be consecutive")
         N = self.filled.shape[0]
         filled = self.filled[:B] if B <= N else torch.cat([self.filled, self.filled.new_zeros(B - N)])
         checked = torch.where(positions == 0, BOS, tokens)
-        jumped = positions > filled
+        jumped = first > filled
         lo_pos, hi_pos, lo_tok, hi_tok, n_jumped = torch.stack([
-            positions.min(), positions.max(), checked.min(), checked.max(), jumped.sum()]).tolist()
+            first.min(), last.max(), checked.min(), checked.max(), jumped.sum()]).tolist() if B else (0, 0, 0, 0, 0)
         if lo_pos < 0 or hi_pos > self.max_symbols:
             raise ValueError(f"positions must be in [0, {self.max_symbols}], got [{lo_pos}, {hi_pos}]")
         if lo_tok < 0 or hi_tok >= VOCAB_SIZE:
             raise ValueError(f"tokens must be in [0, {VOCAB_SIZE - 1}], got [{lo_tok}, {hi_tok}]")
         if n_jumped:
             b = int(torch.nonzero(jumped)[0, 0])
-            raise ValueError(f"stream {b} skipped ahead to position {int(positions[b])} with only "
+            raise ValueError(f"stream {b} skipped ahead to position {int(first[b])} with only "
                              f"{int(filled[b])} positions filled")
         self._reserve(B, hi_pos + 1)
-        self.filled[:B] = positions + 1
+        self.filled[:B] = last + 1
         return checked, positions, hi_pos

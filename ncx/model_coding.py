@@ -9,6 +9,10 @@ context (the token there is the model's BOS); position p > 0 feeds the token
 at context position p. The result is the distribution of the next symbol. A
 model must give each stream the same dist whatever the rest of the batch is
 (M1's coding path guarantees this), or decoding would not reproduce encoding.
+A model may also offer `steps(tokens, positions) -> dist` over [B, C] tokens
+at C consecutive positions per stream ([B, C, V], equal to C calls); the
+plain AC encoder then feeds it blocks of positions (it knows every symbol in
+advance), while decoders stay one position per call.
 
 Equal-Info windows reset the context at each window; plain AC resets it every
 `max_symbols` symbols (the model's context length) inside one stream.
@@ -23,6 +27,11 @@ import torch
 from .coder import StreamDecoder, StreamEncoder, WindowDecoder, WindowEncoder
 from .errors import NcxError
 from .ops import max_encoded_bytes
+
+# Rows (streams x positions) per block call of a model that takes blocks:
+# large enough for efficient GEMMs, small enough that M1's activations stay
+# a few tens of MB.
+TEACHER_FORCED_ROWS = 2048
 
 __all__ = [
     "ContextModel",
@@ -264,6 +273,9 @@ def encode_streams(docs, model: ContextModel, precision: int, eos: int | None, b
     model's context restarts every max_symbols symbols. Returns a list of
     (code bytes uint8 tensor, nbits)."""
     docs = _as_symbol_docs(docs)
+    # A model that can take several positions per call (the integer M1) gets
+    # blocks of them: the encoder knows every symbol in advance.
+    steps = getattr(model, "steps", None)
     tails = [eos] if eos is not None else []
     seqs = [torch.cat([d.to(torch.int64).reshape(-1), torch.tensor(tails, dtype=torch.int64)]) for d in docs]
     device = _model_device(model)
@@ -278,10 +290,19 @@ def encode_streams(docs, model: ContextModel, precision: int, eos: int | None, b
             sym[r, : len(seqs[i])] = seqs[i]
         sym = sym.to(device)
         enc = StreamEncoder(len(ids), max_encoded_bytes(T, precision), precision, device)
-        for t in range(T):
-            prev = sym[:, t - 1] if t else torch.zeros(len(ids), dtype=torch.int64, device=device)
-            dist = model(*_stream_inputs(prev, t, model))
-            enc.step(dist, sym[:, t], logits=model.logits)
+        t = 0
+        while t < T:
+            if steps is None:
+                prev = sym[:, t - 1] if t else torch.zeros(len(ids), dtype=torch.int64, device=device)
+                enc.step(model(*_stream_inputs(prev, t, model)), sym[:, t], logits=model.logits)
+                t += 1
+                continue
+            # A block of positions inside one context: never across a restart.
+            n = min(max(1, TEACHER_FORCED_ROWS // len(ids)), T - t, model.max_symbols - t % model.max_symbols)
+            dists = steps(*_block_inputs(sym, t, n, model)).transpose(0, 1).contiguous()  # [n, B, V]
+            for c in range(n):
+                enc.step(dists[c], sym[:, t + c], logits=model.logits)
+            t += n
         data, nbits = enc.finish()
         data, nbits = data.cpu(), nbits.cpu()
         for r, i in enumerate(ids):
@@ -297,6 +318,19 @@ def _stream_inputs(prev: torch.Tensor, t: int, model) -> tuple[torch.Tensor, tor
     if p == 0:
         return torch.full_like(prev, model.bos), torch.zeros_like(prev)
     return prev.clamp(min=0), torch.full_like(prev, p)
+
+
+def _block_inputs(sym: torch.Tensor, t: int, n: int, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs that predict symbols t..t+n-1 of every stream in one call
+    (positions inside one context): what n calls of _stream_inputs give, as
+    [B, n] tokens and positions."""
+    B, p0 = sym.shape[0], t % model.max_symbols
+    prev = sym[:, t - 1:t - 1 + n] if t else torch.cat([sym.new_zeros(B, 1), sym[:, :n - 1]], 1)
+    tokens = prev.clamp(min=0)
+    if p0 == 0:
+        tokens[:, 0] = model.bos
+    positions = torch.arange(p0, p0 + n, dtype=torch.int64, device=sym.device).expand(B, n)
+    return tokens, positions
 
 
 def decode_streams(encoded: Sequence[tuple[torch.Tensor, int]], model: ContextModel, precision: int,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import int_reference as ref
-from ncx import ops
+from ncx import model_coding, ops
 from ncx.int_m1 import (
     IntM1,
     calibrate_smoothing,
@@ -97,6 +97,26 @@ def test_int_rms_norm_matches_reference(seed):
     assert ops.int_rms_norm(x, gain).tolist() == ref.rms_norm(x.tolist(), gain.tolist())
 
 
+@pytest.mark.parametrize("gain_bits", [27, 28, 31])
+def test_int_rms_norm_saturates_and_takes_large_gains(gain_bits):
+    """Gains below 2^28 take the CPU's division-free path, larger ones the
+    exact one; a row with one large value (x / rms ~ sqrt(C)) times a large
+    gain saturates at +-(2^31 - 1)."""
+    gen = torch.Generator().manual_seed(gain_bits)
+    C = 256
+    x = _ints(gen, (5, C), -(1 << 20), 1 << 20)
+    x[1] = 0
+    x[1, 7] = 1 << 25  # x / rms = 16 there
+    x[2, 9] = -(1 << 30)
+    x[3] = _ints(gen, (C,), -3, 4)
+    gain = _ints(gen, (C,), -(1 << gain_bits) + 1, 1 << gain_bits)
+    gain[7], gain[9] = (1 << gain_bits) - 1, -(1 << gain_bits) + 1
+    got = ops.int_rms_norm(x, gain)
+    assert got.tolist() == ref.rms_norm(x.tolist(), gain.tolist())
+    if gain_bits >= 28:
+        assert got.abs().max() == 2 ** 31 - 1
+
+
 def test_int_coder_weights_matches_reference_and_exp():
     gen = torch.Generator().manual_seed(0)
     logits = _ints(gen, (8, 257), -(40 << 16), 40 << 16)
@@ -114,11 +134,15 @@ def test_int_coder_weights_matches_reference_and_exp():
     assert ((approx - exact).abs() <= 5.5e-6 * exact + 2.5e-7).all()
 
 
-@pytest.mark.parametrize("hd, L", [(8, 10), (16, 37), (12, 21)])
-def test_int_rope_and_attention_match_reference(hd, L):
-    """Key counts below, at and above blocks of 8 (the AVX-512 path scores 8
-    keys at once); head_dim 12 is not a multiple of 8 (the scalar path)."""
-    gen = torch.Generator().manual_seed(hd)
+@pytest.mark.parametrize("hd, L, q_bits", [(8, 10, 20), (16, 37, 20), (12, 21, 20), (40, 70, 12), (64, 300, 10),
+                                            (64, 300, 20)])
+def test_int_rope_and_attention_match_reference(hd, L, q_bits):
+    """Key counts below, at and above the vector widths (4 and 8 keys at a
+    time), head_dim 12 and 40 not multiples of the blocks of dimensions (the
+    scalar tails), 64 the paper M1's. Queries of 2^20 make most scores far
+    below the peak (weights clamp to 0); of 2^10-2^12, the weights spread over
+    the whole exp range."""
+    gen = torch.Generator().manual_seed(hd + q_bits)
     N, H, S = 6, 2, 3
     cos, sin = ref.random_rope_tables(gen, L, hd)
     x = _ints(gen, (N, H, hd), -(1 << 25), 1 << 25)
@@ -126,7 +150,7 @@ def test_int_rope_and_attention_match_reference(hd, L):
     positions[0], positions[1], positions[2] = 0, 7, L - 1
     assert ops.int_rope(x, cos, sin, positions).tolist() == ref.rope(x.tolist(), cos.tolist(), sin.tolist(),
                                                                     positions.tolist())
-    q = _ints(gen, (N, H, hd), -(1 << 20), 1 << 20)
+    q = _ints(gen, (N, H, hd), -(1 << q_bits), 1 << q_bits)
     k = _ints(gen, (S, H, L, hd), -(1 << 20), 1 << 20)
     v = _ints(gen, (S, H, L, hd), -(1 << 24), 1 << 24)
     streams = _ints(gen, (N,), 0, S, torch.int64)
@@ -233,6 +257,46 @@ def _adversarial_docs(T: int) -> list[bytes]:
     rng = random.Random(7)
     return [b"", b"a", bytes(range(256)), b"\x00" * 300, b"\xff\xfe\xc3\x28\xa0\xa1" * 20,
             bytes(rng.randrange(256) for _ in range(40 * T)), "naïve café — ok".encode() * 30]
+
+
+class _OneStepAtATime:
+    """A coder without steps(): the AC encoder then calls it once per position."""
+
+    def __init__(self, coder):
+        self.coder = coder
+        for attr in ("vocab_size", "bos", "logits", "max_symbols", "arithmetic", "device", "weights_hash"):
+            setattr(self, attr, getattr(coder, attr))
+
+    def __call__(self, tokens, positions):
+        return self.coder(tokens, positions)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 100, 2048])
+def test_block_encoding_equals_stepwise(int_m1, rows, monkeypatch):
+    """The AC encoder hands the integer M1 blocks of positions (steps()); the
+    code is the same bytes as one position per call, for blocks of any size,
+    across the context restarts of long documents (context 64 here)."""
+    docs = _adversarial_docs(int_m1.config.context) + _rand_docs(21, 5, 300)
+    stepwise = ACMethod(_OneStepAtATime(int_m1.coder()), batch=4).encode_batch(docs)
+    monkeypatch.setattr(model_coding, "TEACHER_FORCED_ROWS", rows)
+    blocks = ACMethod(int_m1.coder(), batch=4).encode_batch(docs)
+    for a, b in zip(stepwise, blocks):
+        assert a.tokens.tobytes() == b.tokens.tobytes()
+    assert ACMethod(int_m1.coder(), batch=3).decode_batch(blocks) == docs
+
+
+def test_steps_equal_step_and_check_positions(int_m1):
+    windows = _windows(5, 3, 40)
+    one = int_m1.coder()
+    want = torch.stack([one(windows[:, t], torch.full((3,), t)) for t in range(40)], 1)
+    blocks = int_m1.coder()
+    got = torch.cat([blocks.steps(windows[:, t:t + 9], torch.arange(t, min(t + 9, 40)).expand(3, -1))
+                     for t in range(0, 40, 9)], 1)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="consecutive"):
+        int_m1.coder().steps(windows[:, :3], torch.tensor([[0, 1, 3]] * 3))
+    with pytest.raises(ValueError, match="skipped ahead"):
+        int_m1.coder().steps(windows[:, :3], torch.tensor([[1, 2, 3]] * 3))
 
 
 @pytest.mark.parametrize("method_cls, kw", [(ACMethod, {}), (EqualInfoACMethod, {"b": 16}),

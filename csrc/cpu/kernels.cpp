@@ -132,7 +132,32 @@ void dequantize_either(const int32_t* acc32, const float* accf, int64_t begin, i
   else dequantize_rows(accf, begin, end, D, scale, multiplier, shift, out);
 }
 
+// norm_apply over a row without its 64-bit division per value, as
+// quantize_row does: with n = xs * gain (|xs| < 2^24 after the row's shift,
+// |gain| < 2^28, so |n| < 2^52, exact in double) and m = |n| + floor(rms / 2),
+// the result's magnitude is floor(m / rms). m / rms in double, rounded to an
+// integer by adding and taking away 2^52 (no float-to-int conversion, which
+// would overflow for results that saturate), is off by at most one; two
+// comparisons, exact in double (products below 2^53), put it right, and the
+// result is capped at INT32_MAX. The loop vectorizes at every level.
+void norm_apply_row(const int32_t* xr, int64_t C, int s, const int32_t* gain, int64_t rms, int32_t* o) {
+  const double d = double(rms), inv = 1.0 / d, half = double(rms / 2);
+  const double kMax = double(INT32_MAX);
+  const int left = s < 0 ? -s : 0, right = s > 0 ? s : 0;  // one of them 0: no branch in the loop
+  for (int64_t c = 0; c < C; ++c) {
+    const int32_t xs = (xr[c] << left) >> right;  // norm_scaled: below 2^24 in magnitude
+    const double n = double(xs) * double(gain[c]);
+    const double m = (n < 0.0 ? -n : n) + half;
+    double q = (m * inv + 0x1p52) - 0x1p52;
+    q = q * d > m ? q - 1.0 : q;
+    q = (q + 1.0) * d <= m ? q + 1.0 : q;
+    const int32_t r = int32_t(q < kMax ? q : kMax);
+    o[c] = (xs ^ gain[c]) < 0 ? -r : r;  // the sign of n, from integers (the select then vectorizes)
+  }
+}
+
 void rms_norm_rows(const int32_t* x, const int32_t* gain, int64_t begin, int64_t end, int64_t C, int32_t* out) {
+  const bool small_gains = row_amax(gain, C) < (uint32_t(1) << 28);  // as conversion makes them
   for (int64_t n = begin; n < end; ++n) {
     const int32_t* xr = x + n * C;
     const int s = norm_shift(row_amax(xr, C));
@@ -142,6 +167,10 @@ void rms_norm_rows(const int32_t* x, const int32_t* gain, int64_t begin, int64_t
       ss += v * v;
     }
     const int64_t rms = norm_rms(ss, C);
+    if (rms && small_gains) {
+      norm_apply_row(xr, C, s, gain, rms, out + n * C);
+      continue;
+    }
     for (int64_t c = 0; c < C; ++c) out[n * C + c] = norm_apply(norm_scaled(xr[c], s), gain[c], rms);
   }
 }
@@ -161,25 +190,35 @@ void rope_rows(const int32_t* x, const int32_t* cos, const int32_t* sin, const i
   }
 }
 
-// Attention's int64 sums of int32 products: vpmuldq multiplies the low 32
-// bits of 64-bit lanes as signed numbers, exactly, so the vector sums equal
-// the scalar loop's.
+// ---- attention ---------------------------------------------------------------
+// Attention runs once per key of every (query, head) row, so it dominates the
+// integer M1's step; its three loops are vectorized by hand at the avx2 and
+// avx512 levels, each lane computing the scalar functions' integers exactly:
+//   - scores: int64 sums of int32 products. vpmuldq multiplies the low 32 bits
+//     of 64-bit lanes as signed numbers, so one load of 16 (8) int32 gives the
+//     even elements' products directly and the odd ones' after a 32-bit shift;
+//   - weights: exp_nonpositive over 8 (4) keys at a time (below);
+//   - the weighted sum of values, with its accumulators held in registers
+//     across keys, a block of dimensions at a time.
+
+// sum_i a[i] * b[i] in int64.
 int64_t dot_i32(const int32_t* a, const int32_t* b, int64_t n) {
   int64_t i = 0, s = 0;
 #if defined(__AVX512F__)
   __m512i acc = _mm512_setzero_si512();
-  for (; i + 8 <= n; i += 8) {
-    const __m512i av = _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
-    const __m512i bv = _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i)));
+  for (; i + 16 <= n; i += 16) {
+    const __m512i av = _mm512_loadu_si512(a + i), bv = _mm512_loadu_si512(b + i);
     acc = _mm512_add_epi64(acc, _mm512_mul_epi32(av, bv));
+    acc = _mm512_add_epi64(acc, _mm512_mul_epi32(_mm512_srli_epi64(av, 32), _mm512_srli_epi64(bv, 32)));
   }
   s = _mm512_reduce_add_epi64(acc);
 #elif defined(__AVX2__)
   __m256i acc = _mm256_setzero_si256();
-  for (; i + 4 <= n; i += 4) {
-    const __m256i av = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
-    const __m256i bv = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
+  for (; i + 8 <= n; i += 8) {
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+    const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i));
     acc = _mm256_add_epi64(acc, _mm256_mul_epi32(av, bv));
+    acc = _mm256_add_epi64(acc, _mm256_mul_epi32(_mm256_srli_epi64(av, 32), _mm256_srli_epi64(bv, 32)));
   }
   alignas(32) int64_t lanes[4];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
@@ -189,24 +228,125 @@ int64_t dot_i32(const int32_t* a, const int32_t* b, int64_t n) {
   return s;
 }
 
-// acc[i] += e * v[i]; e is an attention weight, 0 <= e <= 2^kAttnFrac.
-void axpy_i32(int64_t* acc, int32_t e, const int32_t* v, int64_t n) {
-  int64_t i = 0;
+// w[j] <- exp_nonpositive(w[j] - peak, kAttnFrac) for j in [0, n); returns
+// their sum. The lanes follow exp_nonpositive step by step, with these
+// ranges: d = w - peak clamped to [-2^26, 0] fits 32 bits, and so does
+// log2(e) in Q30, so d * log2(e) is one vpmuldq; t = shift_round(that, 30)
+// lies in (-2^27, 0]; f = t mod 2^16 and p < 2^31, so each Horner step
+// p * f is one unsigned 32 x 32 -> 64 multiply of non-negative numbers and
+// its rounding shift a logical one; the final shift s = 14 - floor(t / 2^16)
+// is at least 14, and a result whose s exceeds 62 is 0.
+int64_t attention_weights(int64_t* w, int64_t n, int64_t peak) {
+  [[maybe_unused]] constexpr int64_t kFloor = -(int64_t(1) << 26), kLog2eQ30 = 1549082005;
+  [[maybe_unused]] constexpr int64_t c[10] = {1073741824, 744261118, 257941248, 59597083, 10327387,
+                             1431680,    165394,    16377,     1419,     109};
+  static_assert(kAttnFrac == 16, "the lanes below hard-wire s = 30 - kAttnFrac - whole");
+  int64_t j = 0, den = 0;
 #if defined(__AVX512F__)
-  const __m512i ev = _mm512_set1_epi64(e);
-  for (; i + 8 <= n; i += 8) {
-    const __m512i vv = _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i)));
-    _mm512_storeu_si512(acc + i, _mm512_add_epi64(_mm512_loadu_si512(acc + i), _mm512_mul_epi32(ev, vv)));
+  __m512i sum = _mm512_setzero_si512();
+  const __m512i vpeak = _mm512_set1_epi64(peak), vfloor = _mm512_set1_epi64(kFloor);
+  const __m512i log2e = _mm512_set1_epi64(kLog2eQ30), one = _mm512_set1_epi64(1);
+  for (; j + 8 <= n; j += 8) {
+    const __m512i d = _mm512_max_epi64(_mm512_sub_epi64(_mm512_loadu_si512(w + j), vpeak), vfloor);
+    const __m512i t = _mm512_srai_epi64(
+        _mm512_add_epi64(_mm512_mul_epi32(d, log2e), _mm512_set1_epi64(int64_t(1) << 29)), 30);
+    const __m512i f = _mm512_and_si512(t, _mm512_set1_epi64(0xffff));
+    __m512i p = _mm512_set1_epi64(c[9]);
+    for (int k = 8; k >= 0; --k)
+      p = _mm512_add_epi64(
+          _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epu32(p, f), _mm512_set1_epi64(1 << 15)), 16),
+          _mm512_set1_epi64(c[k]));
+    const __m512i sh = _mm512_sub_epi64(_mm512_set1_epi64(14), _mm512_srai_epi64(t, 16));
+    const __m512i r = _mm512_srlv_epi64(_mm512_add_epi64(p, _mm512_sllv_epi64(one, _mm512_sub_epi64(sh, one))), sh);
+    const __m512i e = _mm512_maskz_mov_epi64(_mm512_cmple_epi64_mask(sh, _mm512_set1_epi64(62)), r);
+    _mm512_storeu_si512(w + j, e);
+    sum = _mm512_add_epi64(sum, e);
+  }
+  den = _mm512_reduce_add_epi64(sum);
+#elif defined(__AVX2__)
+  __m256i sum = _mm256_setzero_si256();
+  const __m256i vpeak = _mm256_set1_epi64x(peak), vfloor = _mm256_set1_epi64x(kFloor);
+  const __m256i log2e = _mm256_set1_epi64x(kLog2eQ30), one = _mm256_set1_epi64x(1);
+  for (; j + 4 <= n; j += 4) {
+    __m256i* wj = reinterpret_cast<__m256i*>(w + j);
+    __m256i d = _mm256_sub_epi64(_mm256_loadu_si256(wj), vpeak);
+    d = _mm256_blendv_epi8(d, vfloor, _mm256_cmpgt_epi64(vfloor, d));
+    // No 64-bit arithmetic shift at this level: the sum is made non-negative
+    // by 2^62, shifted logically, and 2^62 / 2^30 taken off again.
+    const __m256i biased = _mm256_add_epi64(_mm256_mul_epi32(d, log2e),
+                                            _mm256_set1_epi64x((int64_t(1) << 62) + (int64_t(1) << 29)));
+    const __m256i t = _mm256_sub_epi64(_mm256_srli_epi64(biased, 30), _mm256_set1_epi64x(int64_t(1) << 32));
+    const __m256i f = _mm256_and_si256(t, _mm256_set1_epi64x(0xffff));
+    __m256i p = _mm256_set1_epi64x(c[9]);
+    for (int k = 8; k >= 0; --k)
+      p = _mm256_add_epi64(
+          _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epu32(p, f), _mm256_set1_epi64x(1 << 15)), 16),
+          _mm256_set1_epi64x(c[k]));
+    // |t| < 2^31: its high half is all sign bits, so a 32-bit arithmetic shift
+    // of both halves is the 64-bit one.
+    const __m256i sh = _mm256_sub_epi64(_mm256_set1_epi64x(14), _mm256_srai_epi32(t, 16));
+    const __m256i r = _mm256_srlv_epi64(_mm256_add_epi64(p, _mm256_sllv_epi64(one, _mm256_sub_epi64(sh, one))), sh);
+    const __m256i e = _mm256_andnot_si256(_mm256_cmpgt_epi64(sh, _mm256_set1_epi64x(62)), r);
+    _mm256_storeu_si256(wj, e);
+    sum = _mm256_add_epi64(sum, e);
+  }
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
+  den = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+#endif
+  for (; j < n; ++j) {
+    w[j] = exp_nonpositive(w[j] - peak, kAttnFrac);
+    den += w[j];
+  }
+  return den;
+}
+
+// num[i] = sum_j e[j] * v[j * hd + i] for i in [0, hd); 0 <= e[j] <= 2^kAttnFrac.
+void weighted_sum(const int64_t* e, const int32_t* v, int64_t keys, int64_t hd, int64_t* num) {
+  int64_t i0 = 0;
+#if defined(__AVX512F__)
+  for (; i0 + 32 <= hd; i0 += 32) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t j = 0; j < keys; ++j) {
+      const __m512i ev = _mm512_set1_epi64(e[j]);
+      const int32_t* vr = v + j * hd + i0;
+      auto term = [&](int o) {
+        return _mm512_mul_epi32(ev, _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vr + o))));
+      };
+      a0 = _mm512_add_epi64(a0, term(0));
+      a1 = _mm512_add_epi64(a1, term(8));
+      a2 = _mm512_add_epi64(a2, term(16));
+      a3 = _mm512_add_epi64(a3, term(24));
+    }
+    _mm512_storeu_si512(num + i0, a0);
+    _mm512_storeu_si512(num + i0 + 8, a1);
+    _mm512_storeu_si512(num + i0 + 16, a2);
+    _mm512_storeu_si512(num + i0 + 24, a3);
   }
 #elif defined(__AVX2__)
-  const __m256i ev = _mm256_set1_epi64x(e);
-  for (; i + 4 <= n; i += 4) {
-    const __m256i vv = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + i)));
-    __m256i* dst = reinterpret_cast<__m256i*>(acc + i);
-    _mm256_storeu_si256(dst, _mm256_add_epi64(_mm256_loadu_si256(dst), _mm256_mul_epi32(ev, vv)));
+  for (; i0 + 16 <= hd; i0 += 16) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t j = 0; j < keys; ++j) {
+      const __m256i ev = _mm256_set1_epi64x(e[j]);
+      const int32_t* vr = v + j * hd + i0;
+      auto term = [&](int o) {
+        return _mm256_mul_epi32(ev, _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vr + o))));
+      };
+      a0 = _mm256_add_epi64(a0, term(0));
+      a1 = _mm256_add_epi64(a1, term(4));
+      a2 = _mm256_add_epi64(a2, term(8));
+      a3 = _mm256_add_epi64(a3, term(12));
+    }
+    __m256i* out = reinterpret_cast<__m256i*>(num + i0);
+    _mm256_storeu_si256(out, a0);
+    _mm256_storeu_si256(out + 1, a1);
+    _mm256_storeu_si256(out + 2, a2);
+    _mm256_storeu_si256(out + 3, a3);
   }
 #endif
-  for (; i < n; ++i) acc[i] += int64_t(e) * v[i];
+  for (int64_t i = i0; i < hd; ++i) num[i] = 0;
+  for (int64_t j = 0; j < keys && i0 < hd; ++j)
+    for (int64_t i = i0; i < hd; ++i) num[i] += e[j] * v[j * hd + i];
 }
 
 void attention_rows(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache, const int64_t* streams,
@@ -224,13 +364,8 @@ void attention_rows(const int32_t* q, const int32_t* k_cache, const int32_t* v_c
       w[j] = attention_score(dot_i32(qr, k_cache + base + j * hd, hd), inv_sqrt);
       peak = w[j] > peak ? w[j] : peak;
     }
-    int64_t den = 0;
-    for (int64_t i = 0; i < hd; ++i) num[i] = 0;
-    for (int64_t j = 0; j < keys; ++j) {
-      const int32_t e = int32_t(exp_nonpositive(w[j] - peak, kAttnFrac));  // <= 2^kAttnFrac
-      den += e;
-      axpy_i32(num, e, v_cache + base + j * hd, hd);
-    }
+    const int64_t den = attention_weights(w, keys, peak);
+    weighted_sum(w, v_cache + base, keys, hd, num);
     for (int64_t i = 0; i < hd; ++i) out[nh * hd + i] = clamp32(round_div(num[i], den), kQKVLimit);
   }
 }
