@@ -43,6 +43,8 @@ class TimedModel:
             setattr(self, attr, getattr(model, attr))
         if hasattr(model, "steps"):  # the integer M1's block forward, which the AC encoder uses
             self.steps = lambda tokens, positions: self._timed(model.steps, tokens, positions)
+        if hasattr(model, "reserve"):
+            self.reserve = model.reserve
 
     def _timed(self, fn, tokens, positions):
         t = time.perf_counter()

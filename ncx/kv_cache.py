@@ -36,21 +36,28 @@ class KVCacheCoder:
         self.v_cache = [torch.zeros(0, H, 0, hd, dtype=cache_dtype, device=device) for _ in range(config.n_layer)]
         self.filled = torch.zeros(0, dtype=torch.int64, device=device)  # (N,) valid cache entries per stream
 
-    def _reserve(self, streams: int, length: int) -> None:
-        """Grow the caches to at least `streams` rows and `length` positions
-        (lengths double, so growth is rare). New entries are zero: finite, so
-        masked attention terms are exact zeros."""
+    def reserve(self, streams: int, length: int) -> None:
+        """Make room for `streams` streams of `length` positions at once (a
+        caller that knows how long its streams will get saves the growth
+        steps and the memory of the doubling). New entries are zero: finite,
+        so masked attention terms are exact zeros."""
         N, Lcap = self.k_cache[0].shape[0], self.k_cache[0].shape[2]
         if streams <= N and length <= Lcap:
             return
-        new_N = max(N, streams)
-        new_L = Lcap if length <= Lcap else min(max(16, 1 << (length - 1).bit_length()), self.config.context)
+        new_N, new_L = max(N, streams), min(max(Lcap, length), self.config.context)
         for caches in (self.k_cache, self.v_cache):
             for i, old in enumerate(caches):
                 new = old.new_zeros(new_N, old.shape[1], new_L, old.shape[3])
                 new[:N, :, :Lcap] = old
                 caches[i] = new
         self.filled = torch.cat([self.filled, self.filled.new_zeros(new_N - N)])
+
+    def _grow(self, streams: int, length: int) -> None:
+        """reserve() for a step: lengths double, so growth is rare."""
+        Lcap = self.k_cache[0].shape[2]
+        if length > Lcap:
+            length = min(max(16, 1 << (length - 1).bit_length()), self.config.context)
+        self.reserve(streams, length)
 
     def fork(self, parents: torch.Tensor) -> None:
         """Stream i becomes a copy of stream parents[i] (its cache and fill level), for every i;
@@ -95,6 +102,6 @@ class KVCacheCoder:
             b = int(torch.nonzero(jumped)[0, 0])
             raise ValueError(f"stream {b} skipped ahead to position {int(first[b])} with only "
                              f"{int(filled[b])} positions filled")
-        self._reserve(B, hi_pos + 1)
+        self._grow(B, hi_pos + 1)
         self.filled[:B] = last + 1
         return checked, positions, hi_pos

@@ -12,7 +12,8 @@ model must give each stream the same dist whatever the rest of the batch is
 A model may also offer `steps(tokens, positions) -> dist` over [B, C] tokens
 at C consecutive positions per stream ([B, C, V], equal to C calls); the
 plain AC encoder then feeds it blocks of positions (it knows every symbol in
-advance), while decoders stay one position per call.
+advance), while decoders stay one position per call. And `reserve(streams,
+length)`: the AC encoder tells it the size its state will reach.
 
 Equal-Info windows reset the context at each window; plain AC resets it every
 `max_symbols` symbols (the model's context length) inside one stream.
@@ -289,6 +290,8 @@ def encode_streams(docs, model: ContextModel, precision: int, eos: int | None, b
         for r, i in enumerate(ids):
             sym[r, : len(seqs[i])] = seqs[i]
         sym = sym.to(device)
+        if hasattr(model, "reserve"):  # the caches' final size at once
+            model.reserve(len(ids), min(T, model.max_symbols))
         enc = StreamEncoder(len(ids), max_encoded_bytes(T, precision), precision, device)
         t = 0
         while t < T:
