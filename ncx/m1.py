@@ -39,7 +39,9 @@ that stream's own inputs:
   torch.exp may take a vectorized or a scalar path per element depending on
   where the element falls in the tensor.
 - Everything else is elementwise IEEE arithmetic (add, multiply, divide,
-  sqrt, round, compare), which is correctly rounded whatever the path.
+  round, compare), which is correctly rounded whatever the path; and sqrt,
+  whose vectorized CPU path (MKL) is not, so its result is rounded correctly
+  by an exact check (_sqrt_rounded): the same logits on every x86 CPU.
 The training forward uses ordinary float ops (fast matmuls, fused attention);
 it computes the same function up to float rounding (tests check closeness),
 but it is never used for coding.
@@ -324,10 +326,29 @@ def _exp_nonpositive(z: torch.Tensor) -> torch.Tensor:
     return e_r * two_n
 
 
+def _sqrt_rounded(x: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded float32 sqrt of x >= 0. On the CPU torch.sqrt of a
+    large tensor runs MKL's vector math, whose last bit depends on the
+    instruction set it picks (AVX-512, AVX2, SSE4.2), so it alone would give
+    another CPU other logits. Its result is within an ulp; each pass moves
+    the candidate to the neighbour whose rounding interval holds sqrt(x),
+    judged exactly in float64 (a float32 midpoint has 25 significant bits, its
+    square 50; sqrt(x) of a float32 x is never a midpoint)."""
+    r = torch.sqrt(x)
+    x64 = x.double()
+    inf, zero = torch.tensor(math.inf, device=x.device), torch.tensor(0.0, device=x.device)
+    for _ in range(2):
+        up, down = torch.nextafter(r, inf), torch.nextafter(r, zero)
+        hi = (r.double() + up.double()) * 0.5
+        lo = (r.double() + down.double()) * 0.5
+        r = torch.where(x64 > hi * hi, up, torch.where(x64 < lo * lo, down, r))
+    return r
+
+
 def _rms_norm_exact(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of rows x (B, C) with a fixed summation order."""
     mean_sq = _tree_sum(x * x, -1)[:, None] * (1.0 / x.shape[-1])
-    return x * (1.0 / torch.sqrt(mean_sq + eps)) * weight
+    return x * (1.0 / _sqrt_rounded(mean_sq + eps)) * weight
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -336,3 +336,48 @@ def test_vocab_match_identical_at_every_level(at_level):
         codes[level] = [c.tolist() for c in vocab.encode(docs)]
     assert all(codes[level] == codes["baseline"] for level in LEVELS)
     assert vocab.decode([np.asarray(c, np.int32) for c in codes["baseline"]]) == docs
+
+
+# ------------------------------------------------------------ the float M1 on every CPU
+_FLOAT_LOGITS = """
+import hashlib, numpy as np, torch
+from ncx import m1
+# numpy draws the weights and tokens: torch's own samplers vectorize by instruction set too.
+rng = np.random.default_rng(0)
+model = m1.M1(m1.preset("tiny", context=64)).eval()
+model.load_state_dict({k: torch.from_numpy(rng.standard_normal(tuple(v.shape)).astype(np.float32) * 0.5)
+                       for k, v in model.state_dict().items()})
+coder = model.coder()
+tokens = torch.from_numpy(rng.integers(0, 256, (300, 40)))
+h = hashlib.sha256()
+for t in range(40):
+    h.update(coder(tokens[:, t], torch.full((300,), t)).numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_float_m1_logits_identical_whatever_instruction_set_torch_libraries_use():
+    """The float coding path promises the same logits on every CPU. torch's
+    CPU libraries pick their vector code by instruction set (MKL's vector math
+    takes torch.sqrt of large tensors, and its last bit differs between
+    AVX-512, AVX2 and SSE4.2); held to each in turn, the logits of 300
+    streams must not change."""
+    caps = [{}, {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+            {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"}]
+    digests = []
+    for env in caps:
+        r = _run_python(_FLOAT_LOGITS, **env)
+        assert r.returncode == 0, r.stderr
+        digests.append(r.stdout.strip())
+    assert len(set(digests)) == 1, digests
+
+
+def test_sqrt_rounded_is_the_correctly_rounded_sqrt():
+    import numpy as np
+
+    from ncx.m1 import _sqrt_rounded
+    gen = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.rand(300_000, generator=gen) * 10, torch.rand(1000, generator=gen) * 1e-30,
+                   torch.tensor([0.0, 1e-45, 1.0, 2.0, 4.0, 3.4e38])])
+    want = torch.from_numpy(np.sqrt(x.double().numpy()).astype(np.float32))  # exact, then one rounding
+    assert torch.equal(_sqrt_rounded(x), want)
