@@ -32,14 +32,15 @@ worst case: 25 s gives about 2 to 2.5 minutes for the script on a GPU, setup inc
 
 Time shares: chunks 0, 2, 4, ... are profiled, chunks 1, 3, ... run plain (their wall time gives
 MB/s; with a single chunk done, the profiled chunk's MB/s stand in, and the table says so). In a
-profiled chunk the M1 calls (a thin wrapper around the ContextModel's __call__) and the native
+profiled chunk the M1 calls (a thin wrapper around the ContextModel's __call__ and steps) and the native
 coder's calls (ncx.coder's StreamEncoder / StreamDecoder / WindowEncoder / WindowDecoder
 methods, monkeypatched for the stage, see methods_table.CoderClock) run between two
 torch.cuda.synchronize() calls, so each one's time is its own; the driver's share is the rest
 (Python, and the driver's own tensor ops). The coding loops already wait for the device at every
 step (bool(...any()) and the KV cache's argument checks), so the extra syncs cost a few us per
 step; the profiled chunks' MB/s are reported too, for comparison. Time per step = a phase's wall
-time / its M1 calls (one per step in ncx.model_coding's loops).
+time / its M1 calls (one per step in ncx.model_coding's loops; the AC encoder's block of
+positions for the integer M1, IntM1Coder.steps, is one call).
 
 Exit status 1 if any stage failed, decoded wrongly or was capped before any figure; the JSON
 (--out: every figure, device name, torch version, date, commit) and the table are written
@@ -88,16 +89,21 @@ class TimedM1(TimedModel):
         super().__init__(model)
         self.sync, self.profile, self.calls, self.deadline = sync, False, 0, None
         self.phase_start = None
+        if hasattr(model, "steps"):  # the AC encoder's blocks of positions: one M1 call each
+            self.steps = lambda tokens, positions: self._call(model.steps, tokens, positions)
 
     def __call__(self, tokens, positions):
+        return self._call(self.model, tokens, positions)
+
+    def _call(self, fn, tokens, positions):
         if self.deadline is not None and time.perf_counter() > self.deadline:
             raise StageCapped(f"hard cap reached after {self.calls} M1 calls")
         self.calls += 1
         if not self.profile:
-            return self.model(tokens, positions)
+            return fn(tokens, positions)
         self.sync()
         t = time.perf_counter()
-        out = self.model(tokens, positions)
+        out = fn(tokens, positions)
         self.sync()
         self.seconds += time.perf_counter() - t
         return out
