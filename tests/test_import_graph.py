@@ -7,10 +7,12 @@ together.
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 PACKAGE = "ncx"
-PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
+# The package as imported (the source tree, or an installed wheel).
+PACKAGE_DIR = Path(importlib.util.find_spec(PACKAGE).origin).parent
 
 
 def imported_modules(source: str, modules: set[str]) -> set[str]:
