@@ -44,13 +44,17 @@ class KVCacheCoder:
         N, Lcap = self.k_cache[0].shape[0], self.k_cache[0].shape[2]
         if streams <= N and length <= Lcap:
             return
-        new_N, new_L = max(N, streams), min(max(Lcap, length), self.config.context)
+        new_N, new_L = max(N, streams), min(max(Lcap, self._cache_length(length)), self.config.context)
         for caches in (self.k_cache, self.v_cache):
             for i, old in enumerate(caches):
                 new = old.new_zeros(new_N, old.shape[1], new_L, old.shape[3])
                 new[:N, :, :Lcap] = old
                 caches[i] = new
         self.filled = torch.cat([self.filled, self.filled.new_zeros(new_N - N)])
+
+    def _cache_length(self, length: int) -> int:
+        """The cache length allocated to hold `length` positions."""
+        return length
 
     def _grow(self, streams: int, length: int) -> None:
         """reserve() for a step: lengths double, so growth is rare."""

@@ -409,6 +409,12 @@ class M1Coder(KVCacheCoder):
 
     __call__ = step
 
+    def _cache_length(self, length: int) -> int:
+        """A power of two: attention sums over the cache as pairwise trees of
+        power-of-two length, and a cache of another length would be padded
+        with zeros at every step (40% slower with the demo's M1)."""
+        return 1 << (length - 1).bit_length()
+
     @torch.no_grad()
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, L: int, chunk: int) -> torch.Tensor:
         c = self.config
