@@ -111,7 +111,7 @@ def test_python_m_ncx_says_what_runs_here():
     r = _run_python("import runpy; runpy.run_module('ncx', run_name='__main__')", NCX_CPU_LEVEL="baseline")
     assert r.returncode == 0, r.stderr
     assert "CPU kernels: baseline (this CPU and build run: " + ", ".join(LEVELS) in r.stdout
-    assert "CPU int8 GEMM: float32 GEMM" in r.stdout  # below avx512, never torch._int_mm
+    assert "CPU int8 GEMM: ncx pmaddwd kernel" in r.stdout  # below avx512, never torch._int_mm
 
 
 @pytest.mark.skipif(not X86, reason="the level namespaces split x86-64 code only")
@@ -251,6 +251,35 @@ def test_int_linear_identical_at_every_level_and_exact(at_level, N, K, D):
     else:
         want = _linear_int64(x, w, mult, shift)
     assert results["baseline"].tolist() == want
+
+
+def test_int_linear_rounds_activation_halves_at_every_level(at_level):
+    """The activation quantizer's float estimate and its two corrections. Its
+    quotient (t + mant) / (2 mant) is an exact integer exactly where 127 |x| / A
+    is a half (the tie, which rounds up), and for these mantissas the float
+    estimate of some such quotients comes out one below (found by search over
+    every mantissa). Rows: each scale A = mant * 2^e, with the values
+    around every half, and the largest magnitudes."""
+    scales = [(m, 0) for m in (82, 94, 110, 122, 164, 166, 188, 194, 214, 218, 254, 1, 3, 127)]
+    scales += [(m, e) for m in (16707, 16837, 16874, 16924, 17099, 17147, 17322, 17324, 1 << 15, (1 << 15) - 1)
+               for e in (1, 8, 16)]
+    rows = []
+    for mant, e in scales:
+        A = mant << e
+        vals = {A}
+        for c in range(128):
+            u = (2 * c + 1) * A // 254
+            vals |= {v for v in (u - 1, u, u + 1, u + 2) if 0 <= v <= A}
+        rows.append([v if i % 2 else -v for i, v in enumerate(sorted(vals))])
+    rows.append([(1 << 31) - 1, -((1 << 31) - 1), 1, -1, 0])
+    K = max(len(r) for r in rows)
+    x = torch.tensor([r + [0] * (K - len(r)) for r in rows], dtype=torch.int32)
+    w = torch.eye(K, dtype=torch.int8) * 127  # acc = 127 q: every rounding of q shows in the output
+    mult = torch.full((K,), 1 << 15, dtype=torch.int32)
+    shift = torch.full((K,), 20, dtype=torch.int32)
+    results = _per_level(at_level, lambda: ops.int_linear(x, w, mult, shift))
+    _assert_all_equal(results)
+    assert results["baseline"].tolist() == _linear_int64(x, w, mult, shift)
 
 
 def _linear_int64(x, w, mult, shift) -> list:

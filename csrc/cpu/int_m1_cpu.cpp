@@ -1,6 +1,6 @@
 // CPU back end of the integer M1 ops: at::parallel_for over rows, each range
 // of rows running the level's loops (csrc/cpu/kernels.h), and the int8 matrix
-// products in a library GEMM. Integer results do not depend on the order of
+// products in torch._int_mm or the level's own kernel. Integer results do not depend on the order of
 // summation, so they equal the CUDA kernels' integers.
 #include <ATen/Parallel.h>
 
@@ -16,36 +16,32 @@ namespace {
 
 using at::Tensor;
 
-// Slices of K no longer than this make a float32 GEMM of int8 values exact:
-// every partial sum is an integer of magnitude below 1040 * 127 * 127 < 2^24,
-// which float32 holds exactly whatever the order of summation (and inputs of
-// magnitude <= 127 are exact in bfloat16 and TF32 too, should a reduced
-// matmul precision be set, since those still accumulate in float32).
-constexpr int64_t kExactFloatK = 1040;
+// acc[n, d] = sum_k q16[n, k] w[d, k] for rows [begin, end), by the level's
+// pmaddwd kernel over the packed weight.
+void pair_products_rows(const CpuKernels& kernels, const int16_t* q16, const Tensor& packed, int64_t begin,
+                        int64_t end, int64_t D, int64_t K, int32_t* acc) {
+  kernels.int_gemm_rows(q16, packed.data_ptr<int16_t>(), begin, end, D, K, acc);
+}
 
-// acc[n, d] = sum_k q[n, k] w[d, k] for q float [N, K] (integer values) by
-// float32 GEMMs: float [N, D] for one slice of K, int32 [N, D] summed over
-// several.
-Tensor float_gemm(const Tensor& q, const Tensor& w) {
-  const int64_t K = q.size(1);
-  if (K <= kExactFloatK) return at::mm(q, w.to(at::kFloat).t());
-  Tensor acc;
-  for (int64_t k0 = 0; k0 < K; k0 += kExactFloatK) {
-    const int64_t k1 = std::min(K, k0 + kExactFloatK);
-    Tensor part = at::mm(q.slice(1, k0, k1), w.slice(1, k0, k1).to(at::kFloat).t()).to(at::kInt);
-    acc = acc.defined() ? acc.add_(part) : part;
-  }
-  return acc;
+// The weight int8 [D, K] in the level's panels (packed in parallel).
+Tensor pack_weight(const CpuKernels& kernels, const Tensor& weight) {
+  const int64_t D = weight.size(0), K = weight.size(1), lanes = kernels.int_gemm_lanes;
+  Tensor packed = at::empty({kernels.int_gemm_packed_size(D, K)}, weight.options().dtype(at::kShort));
+  at::parallel_for(0, (D + lanes - 1) / lanes, 4, [&](int64_t begin, int64_t end) {
+    kernels.int_gemm_pack(weight.data_ptr<int8_t>(), D, K, begin, end, packed.data_ptr<int16_t>());
+  });
+  return packed;
 }
 
 // Whether torch._int_mm (oneDNN's int8 GEMM, int32 accumulation) gives the
 // exact products here. With VNNI or AMX it does; without them oneDNN's int8
 // kernels add pairs of products in saturating 16-bit lanes, which products
-// of +-127 overflow. Checked once against float_gemm on such products, over
-// the shapes the integer M1 uses.
+// of +-127 overflow. Checked once against the pmaddwd kernel on such
+// products, over the shapes the integer M1 uses.
 bool int_mm_is_exact() {
   static const bool exact = [] {
     try {
+      const CpuKernels& kernels = cpu_kernels();
       for (int64_t N : {1, 7, 64, 512})
         for (int64_t K : {256, 1024})
           for (int64_t D : {257, 768}) {
@@ -54,7 +50,10 @@ bool int_mm_is_exact() {
             q.slice(0, 0, N, 2).neg_();
             Tensor w = at::full({D, K}, 127, at::kChar);
             w.slice(1, 0, K, 3).neg_();
-            if (!at::equal(at::_int_mm(q, w.t()), float_gemm(q.to(at::kFloat), w).to(at::kInt))) return false;
+            Tensor q16 = q.to(at::kShort).contiguous(), want = at::empty({N, D}, at::kInt);
+            pair_products_rows(kernels, q16.data_ptr<int16_t>(), pack_weight(kernels, w), 0, N, D, K,
+                               want.data_ptr<int32_t>());
+            if (!at::equal(at::_int_mm(q, w.t()), want)) return false;
           }
       return true;
     } catch (const std::exception&) {
@@ -66,9 +65,11 @@ bool int_mm_is_exact() {
 
 bool use_int_mm() { return std::string(cpu_kernels().level) == "avx512" && int_mm_is_exact(); }
 
-// x quantized row by row, times the int8 weight: torch._int_mm at the avx512
-// level (VNNI) where the probe found it exact, float32 GEMMs otherwise; then
-// dequantized.
+// x quantized row by row, times the int8 weight, dequantized. At the avx512
+// level (VNNI), where the probe found it exact, the products are
+// torch._int_mm's; otherwise the level's pmaddwd kernel's, which beats a
+// float32 GEMM of the same shape there (docs/performance.md, "CPU levels"),
+// each range of rows quantized, multiplied and dequantized in one pass.
 Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor& multiplier_in,
                       const Tensor& shift_in) {
   check_int_linear(x_in, weight_in, multiplier_in, shift_in);
@@ -76,22 +77,31 @@ Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor&
   Tensor multiplier = multiplier_in.contiguous(), shift = shift_in.contiguous();
   const int64_t N = x.size(0), K = x.size(1), D = weight.size(0);
   const CpuKernels& kernels = cpu_kernels();
-  const bool int_mm = use_int_mm();
-  Tensor q = at::empty({N, K}, x.options().dtype(int_mm ? at::kChar : at::kFloat));
   Tensor scale = at::empty({N, 2}, x.options());
-  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    kernels.int_quantize_rows(x.data_ptr<int32_t>(), begin, end, K, int_mm ? q.data_ptr<int8_t>() : nullptr,
-                              int_mm ? nullptr : q.data_ptr<float>(), scale.data_ptr<int32_t>());
-  });
-  Tensor acc;
-  if (N == 0 || D == 0) acc = at::zeros({N, D}, x.options());
-  else acc = (int_mm ? at::_int_mm(q, weight.t()) : float_gemm(q, weight)).contiguous();
-  const bool acc_float = acc.scalar_type() == at::kFloat;
   Tensor out = at::empty({N, D}, x.options());
+  if (N == 0 || D == 0) return out;
+  auto dequantize = [&](const Tensor& acc, int64_t begin, int64_t end) {
+    kernels.int_dequantize_rows(acc.data_ptr<int32_t>(), begin, end, D, scale.data_ptr<int32_t>(),
+                                multiplier.data_ptr<int32_t>(), shift.data_ptr<int32_t>(), out.data_ptr<int32_t>());
+  };
+  if (use_int_mm()) {
+    Tensor q = at::empty({N, K}, x.options().dtype(at::kChar));
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      kernels.int_quantize_rows(x.data_ptr<int32_t>(), begin, end, K, q.data_ptr<int8_t>(), nullptr,
+                                scale.data_ptr<int32_t>());
+    });
+    const Tensor acc = at::_int_mm(q, weight.t()).contiguous();
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) { dequantize(acc, begin, end); });
+    return out;
+  }
+  const Tensor packed = pack_weight(kernels, weight);
+  Tensor q16 = at::empty({N, K + (K & 1)}, x.options().dtype(at::kShort));
+  Tensor acc = at::empty({N, D}, x.options());
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    kernels.int_dequantize_rows(acc_float ? nullptr : acc.data_ptr<int32_t>(), acc_float ? acc.data_ptr<float>() : nullptr,
-                                begin, end, D, scale.data_ptr<int32_t>(), multiplier.data_ptr<int32_t>(),
-                                shift.data_ptr<int32_t>(), out.data_ptr<int32_t>());
+    kernels.int_quantize_rows(x.data_ptr<int32_t>(), begin, end, K, nullptr, q16.data_ptr<int16_t>(),
+                              scale.data_ptr<int32_t>());
+    pair_products_rows(kernels, q16.data_ptr<int16_t>(), packed, begin, end, D, K, acc.data_ptr<int32_t>());
+    dequantize(acc, begin, end);
   });
   return out;
 }
@@ -157,7 +167,7 @@ Tensor int_coder_weights_cpu(const Tensor& logits_in) {
 }  // namespace
 
 std::string cpu_int8_gemm() {
-  return use_int_mm() ? "torch._int_mm (int8, int32 sums)" : "float32 GEMM of int8 values (exact, K sliced at 1040)";
+  return use_int_mm() ? "torch._int_mm (int8, int32 sums)" : "ncx pmaddwd kernel (int16 pairs, int32 sums)";
 }
 
 TORCH_LIBRARY_IMPL(ncx, CPU, m) {

@@ -14,7 +14,7 @@
 // built library for such leaks).
 #include <stdint.h>
 
-#if defined(__AVX2__)
+#if defined(__SSE2__)
 // GCC 12's own _mm512_reduce_add_* trip its -Wmaybe-uninitialized (a false
 // positive inside avx512fintrin.h).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -44,39 +44,50 @@ uint32_t row_amax(const int32_t* x, int64_t K) {
   return m;
 }
 
-// quantize_activation of a whole row, without its 64-bit division per value
-// (which made this loop cost as much as the GEMM after it). With A the row's
-// scale, n2 = 2 * 127 |x| and d = A (both exact in double: below 2^39 and
-// 2^33), the result's magnitude is c = floor((n2 + d) / 2d), round(127 |x| / A)
-// with halves up, as round_div. The double estimate below is off by at most
-// one, and the two comparisons, exact in double (products below 2^42), put it
-// right; the loop vectorizes at every level.
+// quantize_activation of a whole row in 32-bit lanes, without its 64-bit
+// division per value (which made this loop cost as much as the GEMM after
+// it). With the row's scale A = mant * 2^e (mant <= 2^15, e <= 17) and
+// u = |x| <= A, the result's magnitude round(127 u / A), halves up, is
+// floor((254 u + A) / 2A) = floor((t + mant) / (2 mant)) with
+// t = floor(254 u / 2^e) (the dropped fraction cannot carry the integer
+// quotient over), and t = 254 (u >> e) + ((254 (u mod 2^e)) >> e) stays
+// below 2^25. The numerator and denominator are integers below 2^24, exact in
+// float; the float quotient is off by at most one, and two comparisons,
+// exact in float (products below 2^24), put it right. The loop vectorizes at
+// every level, 8 or 16 values a vector.
 template <typename Q>
 void quantize_row(const int32_t* xr, int64_t K, RowScale rs, Q* qr) {
   if (!rs.mant) {
     for (int64_t k = 0; k < K; ++k) qr[k] = Q(0);
     return;
   }
-  const double d = double(int64_t(rs.mant) << rs.exp), inv = 1.0 / d;
+  const int e = rs.exp;
+  const uint32_t low = (uint32_t(1) << e) - 1, twice = 2 * kActMax;
+  const float mant = float(rs.mant), den = 2.0f * mant, inv = 1.0f / den;
   for (int64_t k = 0; k < K; ++k) {
-    const double ax = double(xr[k]);  // int32 -> double: one instruction at every level
-    const double n2 = double(2 * kActMax) * (ax < 0.0 ? -ax : ax);
-    const double c0 = double(int32_t((n2 * inv + 1.0) * 0.5));
-    const double c1 = (2.0 * c0 - 1.0) * d > n2 ? c0 - 1.0 : c0;
-    const double c = (2.0 * c1 + 1.0) * d <= n2 ? c1 + 1.0 : c1;
+    const uint32_t u = magnitude(xr[k]);
+    const float n = float(int32_t(twice * (u >> e) + ((twice * (u & low)) >> e))) + mant;
+    float c = float(int32_t(n * inv));
+    c = c * den > n ? c - 1.0f : c;
+    c = (c + 1.0f) * den <= n ? c + 1.0f : c;
     const int32_t m = int32_t(c);
     qr[k] = Q(xr[k] < 0 ? -m : m);
   }
 }
 
-void quantize_rows(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q8, float* qf,
+void quantize_rows(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q8, int16_t* q16,
                    int32_t* scale) {
+  const int64_t Kp = K + (K & 1);
   for (int64_t n = begin; n < end; ++n) {
     const RowScale rs = row_scale(row_amax(x + n * K, K));
     scale[2 * n] = rs.mant;
     scale[2 * n + 1] = rs.exp;
-    if (q8) quantize_row(x + n * K, K, rs, q8 + n * K);
-    else quantize_row(x + n * K, K, rs, qf + n * K);
+    if (q8) {
+      quantize_row(x + n * K, K, rs, q8 + n * K);
+    } else {
+      quantize_row(x + n * K, K, rs, q16 + n * Kp);
+      if (Kp != K) q16[n * Kp + K] = 0;
+    }
   }
 }
 
@@ -88,15 +99,16 @@ void quantize_rows(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8
 // negative, below 2^63) less 2^(62-s): the same integer, and AVX2 has
 // variable logical 64-bit shifts but no arithmetic ones, so the loop
 // vectorizes. Other rows take dequantize as written.
-template <typename A>
-void dequantize_rows(const A* acc, int64_t begin, int64_t end, int64_t D, const int32_t* scale,
+void dequantize_rows(const int32_t* acc, int64_t begin, int64_t end, int64_t D, const int32_t* scale,
                      const int32_t* multiplier, const int32_t* shift, int32_t* out) {
   int32_t lo = INT32_MAX, hi = INT32_MIN;
   bool small_multipliers = true;  // |multiplier| <= 2^15, as conversion makes them
+  uint32_t max_multiplier = 0;
   for (int64_t d = 0; d < D; ++d) {
     lo = shift[d] < lo ? shift[d] : lo;
     hi = shift[d] > hi ? shift[d] : hi;
     small_multipliers &= multiplier[d] >= -(1 << 15) && multiplier[d] <= (1 << 15);
+    max_multiplier = magnitude(multiplier[d]) > max_multiplier ? magnitude(multiplier[d]) : max_multiplier;
   }
   // The shift terms depend on the row's exponent only: recomputed when it changes.
   constexpr int64_t kMaxD = 4096;
@@ -104,10 +116,10 @@ void dequantize_rows(const A* acc, int64_t begin, int64_t end, int64_t D, const 
   int32_t shifts_for = INT32_MIN;
   for (int64_t n = begin; n < end; ++n) {
     const RowScale rs{scale[2 * n], scale[2 * n + 1]};
-    const A* a = acc + n * D;
+    const int32_t* a = acc + n * D;
     int32_t* o = out + n * D;
     if (D > kMaxD || !small_multipliers || lo - rs.exp < 1 || hi - rs.exp > 62) {
-      for (int64_t d = 0; d < D; ++d) o[d] = dequantize(int32_t(a[d]), rs, multiplier[d], shift[d]);
+      for (int64_t d = 0; d < D; ++d) o[d] = dequantize(a[d], rs, multiplier[d], shift[d]);
       continue;
     }
     if (rs.exp != shifts_for) {
@@ -118,18 +130,194 @@ void dequantize_rows(const A* acc, int64_t begin, int64_t end, int64_t D, const 
       }
       shifts_for = rs.exp;
     }
+    // No output of the row saturates where its largest product P stays below
+    // (2^31 - 2) 2^s for the smallest s: then |r| <= P / 2^s + 1 < 2^31 - 1,
+    // and the loop leaves the clamps out.
+    const int s_min = lo - rs.exp;
+    const int64_t P = int64_t(row_amax(a, D)) * int64_t(rs.mant) * int64_t(max_multiplier);  // < 2^58
+    if (s_min >= 32 || P < ((int64_t(1) << 31) - 2) << s_min) {
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t prod = int64_t(a[d]) * int64_t(rs.mant * multiplier[d]);  // |mant * mult| <= 2^30
+        o[d] = int32_t(int64_t((uint64_t(prod) + bias[d]) >> shifts[d]) - int64_t(back[d]));
+      }
+      continue;
+    }
     for (int64_t d = 0; d < D; ++d) {
-      const int64_t prod = int64_t(int32_t(a[d])) * int64_t(rs.mant * multiplier[d]);  // |mant * mult| <= 2^30
+      const int64_t prod = int64_t(a[d]) * int64_t(rs.mant * multiplier[d]);
       const int64_t r = int64_t((uint64_t(prod) + bias[d]) >> shifts[d]) - int64_t(back[d]);
       o[d] = int32_t(r > INT32_MAX ? INT32_MAX : (r < -INT32_MAX ? -INT32_MAX : r));
     }
   }
 }
 
-void dequantize_either(const int32_t* acc32, const float* accf, int64_t begin, int64_t end, int64_t D,
-                       const int32_t* scale, const int32_t* multiplier, const int32_t* shift, int32_t* out) {
-  if (acc32) dequantize_rows(acc32, begin, end, D, scale, multiplier, shift, out);
-  else dequantize_rows(accf, begin, end, D, scale, multiplier, shift, out);
+// ---- int8 products by pmaddwd (int_linear below the avx512 level) ------------
+// acc[n, d] = sum_k q[n, k] w[d, k] for int8-valued q and w, exact in int32
+// (|acc| <= 127^2 * kMaxFanIn < 2^28). pmaddwd multiplies int16 pairs and adds
+// each pair's two products into one int32 lane: exact for int8 values (the
+// int8 pmaddubsw would saturate), and two multiply-adds per lane where a
+// float32 FMA does one.
+//
+// Layouts: q int16 [N, Kp], Kp = K rounded up to even, its pad column 0; the
+// weight packed once per call into panels of kLanes channels, panel p holding
+// for each column pair k2 the channels' (w[d, 2 k2], w[d, 2 k2 + 1]) as int16:
+// one vector load then gives a pair for every channel of the panel, and the
+// row's pair (q[n, 2 k2], q[n, 2 k2 + 1]) is one 32-bit broadcast. Channels
+// past D and the column past K are packed as 0.
+#if defined(__AVX2__)
+struct PairLanes {
+  using Reg = __m256i;
+  static constexpr int kLanes = 8;
+  static Reg zero() { return _mm256_setzero_si256(); }
+  static Reg load(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static Reg pair(const int16_t* p) {
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+  }
+  static Reg madd(Reg acc, Reg a, Reg b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+  static void store(int32_t* p, Reg v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+};
+#elif defined(__SSE2__)  // every x86-64 CPU
+struct PairLanes {
+  using Reg = __m128i;
+  static constexpr int kLanes = 4;
+  static Reg zero() { return _mm_setzero_si128(); }
+  static Reg load(const int16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+  static Reg pair(const int16_t* p) {
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return _mm_set1_epi32(v);
+  }
+  static Reg madd(Reg acc, Reg a, Reg b) { return _mm_add_epi32(acc, _mm_madd_epi16(a, b)); }
+  static void store(int32_t* p, Reg v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+};
+#else  // other architectures: one channel per "vector"
+struct PairLanes {
+  struct Reg {
+    int32_t lo, hi;  // a pair of inputs, or the sum in lo
+  };
+  static constexpr int kLanes = 1;
+  static Reg zero() { return {0, 0}; }
+  static Reg load(const int16_t* p) { return {p[0], p[1]}; }
+  static Reg pair(const int16_t* p) { return {p[0], p[1]}; }
+  static Reg madd(Reg acc, Reg a, Reg b) { return {acc.lo + a.lo * b.lo + a.hi * b.hi, 0}; }
+  static void store(int32_t* p, Reg v) { p[0] = v.lo; }
+};
+#endif
+
+constexpr int kPairRows = 4;    // rows of q per tile
+constexpr int kPairPanels = 3;  // panels per tile: 4 x 3 accumulators, 3 weight vectors and a broadcast
+
+// The int16 count of the packed weight.
+int64_t pair_packed_size(int64_t D, int64_t K) {
+  const int64_t L = PairLanes::kLanes;
+  return (D + L - 1) / L * L * (K + (K & 1));
+}
+
+// Packs panels [p_begin, p_end) of w int8 [D, K].
+void pair_pack(const int8_t* w, int64_t D, int64_t K, int64_t p_begin, int64_t p_end, int16_t* packed) {
+  constexpr int L = PairLanes::kLanes;
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    int16_t* out = packed + p * K2 * 2 * L;
+    int64_t k2 = 0;
+#if defined(__AVX2__)
+    // 8 channels x 8 pairs at a time: each channel's 16 int8 widened to 8
+    // int32 pair units, then an 8 x 8 transpose of the units.
+    if ((p + 1) * L <= D) {
+      for (; 2 * k2 + 16 <= K; k2 += 8) {
+        __m256i r[8], t[8], u[8];
+        for (int j = 0; j < 8; ++j)
+          r[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (p * L + j) * K + 2 * k2)));
+        for (int j = 0; j < 8; j += 2) {
+          t[j] = _mm256_unpacklo_epi32(r[j], r[j + 1]);
+          t[j + 1] = _mm256_unpackhi_epi32(r[j], r[j + 1]);
+        }
+        for (int h = 0; h < 8; h += 4) {
+          u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
+          u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
+          u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
+          u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
+        }
+        __m256i* o = reinterpret_cast<__m256i*>(out + k2 * 2 * L);
+        for (int m = 0; m < 4; ++m) {
+          _mm256_storeu_si256(o + m, _mm256_permute2x128_si256(u[m], u[m + 4], 0x20));
+          _mm256_storeu_si256(o + m + 4, _mm256_permute2x128_si256(u[m], u[m + 4], 0x31));
+        }
+      }
+    }
+#endif
+    for (; k2 < K2; ++k2)
+      for (int j = 0; j < L; ++j)
+        for (int h = 0; h < 2; ++h) {
+          const int64_t d = p * L + j, k = 2 * k2 + h;
+          out[(k2 * L + j) * 2 + h] = d < D && k < K ? int16_t(w[d * K + k]) : int16_t(0);
+        }
+  }
+}
+
+// R rows of q times P panels from column col0, into acc (row stride D).
+template <int R, int P>
+void pair_tile(const int16_t* q, int64_t Kp, const int16_t* panel, int64_t D, int64_t col0, int32_t* acc) {
+  using V = PairLanes;
+  constexpr int L = V::kLanes;
+  const int64_t K2 = Kp / 2, panel_size = Kp * L;
+  typename V::Reg c[R][P];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < P; ++j) c[i][j] = V::zero();
+  for (int64_t k2 = 0; k2 < K2; ++k2) {
+    typename V::Reg b[P];
+#pragma GCC unroll 16
+    for (int j = 0; j < P; ++j) b[j] = V::load(panel + j * panel_size + k2 * 2 * L);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const typename V::Reg a = V::pair(q + i * Kp + 2 * k2);
+#pragma GCC unroll 16
+      for (int j = 0; j < P; ++j) c[i][j] = V::madd(c[i][j], a, b[j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < P; ++j) {
+      const int64_t col = col0 + j * L;
+      if (col + L <= D) {
+        V::store(acc + i * D + col, c[i][j]);
+      } else {  // the last panel, past D
+        int32_t lanes[L];
+        V::store(lanes, c[i][j]);
+        for (int64_t l = 0; col + l < D; ++l) acc[i * D + col + l] = lanes[l];
+      }
+    }
+}
+
+// R rows of q times every panel.
+template <int R>
+void pair_row_tile(const int16_t* q, int64_t Kp, const int16_t* packed, int64_t D, int32_t* acc) {
+  constexpr int L = PairLanes::kLanes;
+  const int64_t panels = (D + L - 1) / L, panel_size = Kp * L;
+  int64_t p = 0;
+  for (; p + kPairPanels <= panels; p += kPairPanels) pair_tile<R, kPairPanels>(q, Kp, packed + p * panel_size, D, p * L, acc);
+  static_assert(kPairPanels == 3, "the tail below handles 1 or 2 panels");
+  if (panels - p == 2) pair_tile<R, 2>(q, Kp, packed + p * panel_size, D, p * L, acc);
+  if (panels - p == 1) pair_tile<R, 1>(q, Kp, packed + p * panel_size, D, p * L, acc);
+}
+
+// acc [., D] for rows [begin, end) of q int16 [N, Kp].
+void pair_gemm_rows(const int16_t* q, const int16_t* packed, int64_t begin, int64_t end, int64_t D, int64_t K,
+                    int32_t* acc) {
+  const int64_t Kp = K + (K & 1);
+  int64_t n = begin;
+  for (; n + kPairRows <= end; n += kPairRows) pair_row_tile<kPairRows>(q + n * Kp, Kp, packed, D, acc + n * D);
+  static_assert(kPairRows == 4, "the tail below handles 1 to 3 rows");
+  switch (end - n) {
+    case 3: pair_row_tile<3>(q + n * Kp, Kp, packed, D, acc + n * D); break;
+    case 2: pair_row_tile<2>(q + n * Kp, Kp, packed, D, acc + n * D); break;
+    case 1: pair_row_tile<1>(q + n * Kp, Kp, packed, D, acc + n * D); break;
+    default: break;
+  }
 }
 
 // norm_apply over a row without its 64-bit division per value, as
@@ -388,7 +576,11 @@ const CpuKernels kTable = {
     {&quantize_row_cdf<float>, &quantize_row_symbol<float>, &quantize_row_find<float>},
     {&quantize_row_cdf<uint16_t>, &quantize_row_symbol<uint16_t>, &quantize_row_find<uint16_t>},
     &quantize_rows,
-    &dequantize_either,
+    PairLanes::kLanes,
+    &pair_packed_size,
+    &pair_pack,
+    &pair_gemm_rows,
+    &dequantize_rows,
     &rms_norm_rows,
     &rope_rows,
     &attention_rows,

@@ -32,16 +32,25 @@ struct CpuKernels {
   RowQuantizer<uint16_t> bf16;
 
   // Integer M1 (csrc/core/int_m1.h), over rows [begin, end).
-  // x int32 [., K] -> q [., K] with values in [-127, 127], as int8 (q8) or
-  // as float (qf, for a float32 GEMM; the other pointer is null), and the
-  // rows' scales as (mantissa, exponent) pairs.
-  void (*int_quantize_rows)(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q8, float* qf,
+  // x int32 [., K] -> q [., K] with values in [-127, 127], as int8 (q8, for
+  // torch._int_mm) or as int16 (q16, rows of Kp = K rounded up to even, the
+  // pad 0, for int_gemm_rows; the other pointer is null), and the rows'
+  // scales as (mantissa, exponent) pairs.
+  void (*int_quantize_rows)(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8_t* q8, int16_t* q16,
                             int32_t* scale);
-  // The integer products acc [., D], as int32 (acc32) or as integer-valued
-  // float (accf; the other is null) -> Q16 outputs [., D] with the rows'
-  // scales and the per-channel constants.
-  void (*int_dequantize_rows)(const int32_t* acc32, const float* accf, int64_t begin, int64_t end, int64_t D,
-                              const int32_t* scale, const int32_t* multiplier, const int32_t* shift, int32_t* out);
+  // The exact int8 products by pmaddwd: the weight int8 [D, K] packed into
+  // panels (int_gemm_packed_size int16 in all; int_gemm_pack fills panels
+  // [p_begin, p_end) of ceil(D / int_gemm_lanes)), then
+  // acc[n, d] = sum_k q16[n, k] w[d, k] as int32 for rows [begin, end).
+  int32_t int_gemm_lanes;
+  int64_t (*int_gemm_packed_size)(int64_t D, int64_t K);
+  void (*int_gemm_pack)(const int8_t* w, int64_t D, int64_t K, int64_t p_begin, int64_t p_end, int16_t* packed);
+  void (*int_gemm_rows)(const int16_t* q16, const int16_t* packed, int64_t begin, int64_t end, int64_t D, int64_t K,
+                        int32_t* acc);
+  // The products acc [., D] -> Q16 outputs [., D] with the rows' scales and
+  // the per-channel constants.
+  void (*int_dequantize_rows)(const int32_t* acc, int64_t begin, int64_t end, int64_t D, const int32_t* scale,
+                              const int32_t* multiplier, const int32_t* shift, int32_t* out);
   void (*int_rms_norm_rows)(const int32_t* x, const int32_t* gain, int64_t begin, int64_t end, int64_t C,
                             int32_t* out);
   // Rows are (token, head) pairs of x [N, H, hd].
