@@ -293,30 +293,29 @@ void pair_tile(const int16_t* q, int64_t Kp, const int16_t* panel, int64_t D, in
     }
 }
 
-// R rows of q times every panel.
-template <int R>
-void pair_row_tile(const int16_t* q, int64_t Kp, const int16_t* packed, int64_t D, int32_t* acc) {
-  constexpr int L = PairLanes::kLanes;
-  const int64_t panels = (D + L - 1) / L, panel_size = Kp * L;
-  int64_t p = 0;
-  for (; p + kPairPanels <= panels; p += kPairPanels) pair_tile<R, kPairPanels>(q, Kp, packed + p * panel_size, D, p * L, acc);
-  static_assert(kPairPanels == 3, "the tail below handles 1 or 2 panels");
-  if (panels - p == 2) pair_tile<R, 2>(q, Kp, packed + p * panel_size, D, p * L, acc);
-  if (panels - p == 1) pair_tile<R, 1>(q, Kp, packed + p * panel_size, D, p * L, acc);
-}
+using PairTile = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int64_t, int32_t*);
+static_assert(kPairRows == 4 && kPairPanels == 3, "kPairTiles lists every tile size");
+// pair_tile<rows, panels> at [rows - 1][panels - 1].
+constexpr PairTile kPairTiles[kPairRows][kPairPanels] = {
+    {&pair_tile<1, 1>, &pair_tile<1, 2>, &pair_tile<1, 3>},
+    {&pair_tile<2, 1>, &pair_tile<2, 2>, &pair_tile<2, 3>},
+    {&pair_tile<3, 1>, &pair_tile<3, 2>, &pair_tile<3, 3>},
+    {&pair_tile<4, 1>, &pair_tile<4, 2>, &pair_tile<4, 3>},
+};
 
 // acc [., D] for rows [begin, end) of q int16 [N, Kp].
 void pair_gemm_rows(const int16_t* q, const int16_t* packed, int64_t begin, int64_t end, int64_t D, int64_t K,
                     int32_t* acc) {
-  const int64_t Kp = K + (K & 1);
-  int64_t n = begin;
-  for (; n + kPairRows <= end; n += kPairRows) pair_row_tile<kPairRows>(q + n * Kp, Kp, packed, D, acc + n * D);
-  static_assert(kPairRows == 4, "the tail below handles 1 to 3 rows");
-  switch (end - n) {
-    case 3: pair_row_tile<3>(q + n * Kp, Kp, packed, D, acc + n * D); break;
-    case 2: pair_row_tile<2>(q + n * Kp, Kp, packed, D, acc + n * D); break;
-    case 1: pair_row_tile<1>(q + n * Kp, Kp, packed, D, acc + n * D); break;
-    default: break;
+  constexpr int L = PairLanes::kLanes;
+  const int64_t Kp = K + (K & 1), panels = (D + L - 1) / L, panel_size = Kp * L;
+  // A group of panels (3 x kLanes channels x Kp) at a time over every row, so
+  // that the group stays in cache while the rows' pairs stream past.
+  for (int64_t p = 0; p < panels; p += kPairPanels) {
+    const int64_t group = panels - p < kPairPanels ? panels - p : kPairPanels;
+    for (int64_t n = begin; n < end; n += kPairRows) {
+      const int64_t rows = end - n < kPairRows ? end - n : kPairRows;
+      kPairTiles[rows - 1][group - 1](q + n * Kp, Kp, packed + p * panel_size, D, p * L, acc + n * D);
+    }
   }
 }
 
