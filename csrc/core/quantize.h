@@ -376,30 +376,71 @@ inline uint32_t sum_lanes8(__m256i v) {
 }
 #endif
 
-// Sum of f_i over [begin, end).
-NCX_HD uint32_t sum_f(const uint32_t* q, const QuantParams& qp, int64_t begin, int64_t end) {
-  uint32_t acc = 0;
+// For encoding symbol s: sum f_i over [0, s) (below) and over [0, V) (all),
+// and whether a q_i in [0, s) equals q_max. One pass over every q_i with the
+// index compared against s in each lane: loops whose lengths depend on s
+// would mispredict their exits at every symbol.
+struct SymbolSums {
+  uint32_t below, all;
+  bool max_below;
+};
+NCX_HD SymbolSums symbol_sums(const uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
+  uint32_t below = 0, all = 0, max_below = 0;
+  int64_t i = 0;
   if (qp.scale >> 32) {  // only when the largest weight is subnormal
-    for (int64_t i = begin; i < end; ++i) acc += fixed_to_f(q[i], qp.scale, qp.shift);
-    return acc;
+    for (; i < V; ++i) {
+      const uint32_t f = fixed_to_f(q[i], qp.scale, qp.shift);
+      all += f;
+      below += i < s ? f : 0u;
+      max_below = i < s && q[i] > max_below ? q[i] : max_below;
+    }
+    return {below, all, max_below == qp.q_max};
   }
   const uint32_t scale32 = uint32_t(qp.scale);
-  int64_t i = begin;
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
-  const __m512i vs = _mm512_set1_epi64(scale32);
+  const __m512i vs = _mm512_set1_epi64(scale32), sv = _mm512_set1_epi32(int32_t(s)), step = _mm512_set1_epi32(16);
   const __m128i sh = _mm_cvtsi32_si128(qp.shift);
-  __m512i a = _mm512_setzero_si512();
-  for (; i + 16 <= end; i += 16) a = _mm512_add_epi32(a, fixed_to_f16(q + i, vs, sh));
-  acc = uint32_t(_mm512_reduce_add_epi32(a));
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i a_all = _mm512_setzero_si512(), a_below = a_all, m_below = a_all;
+  for (; i + 16 <= V; i += 16) {
+    const __m512i f = fixed_to_f16(q + i, vs, sh);
+    const __mmask16 in = _mm512_cmplt_epi32_mask(idx, sv);
+    a_all = _mm512_add_epi32(a_all, f);
+    a_below = _mm512_mask_add_epi32(a_below, in, a_below, f);
+    m_below = _mm512_mask_max_epu32(m_below, in, m_below, _mm512_loadu_si512(q + i));
+    idx = _mm512_add_epi32(idx, step);
+  }
+  all = uint32_t(_mm512_reduce_add_epi32(a_all));
+  below = uint32_t(_mm512_reduce_add_epi32(a_below));
+  max_below = uint32_t(_mm512_reduce_max_epu32(m_below));
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
-  const __m256i vs = _mm256_set1_epi64x(scale32);
+  const __m256i vs = _mm256_set1_epi64x(scale32), sv = _mm256_set1_epi32(int32_t(s)), step = _mm256_set1_epi32(8);
   const __m128i sh = _mm_cvtsi32_si128(qp.shift);
-  __m256i a = _mm256_setzero_si256();
-  for (; i + 8 <= end; i += 8) a = _mm256_add_epi32(a, fixed_to_f8(q + i, vs, sh));
-  acc = sum_lanes8(a);
+  __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i a_all = _mm256_setzero_si256(), a_below = a_all, m_below = a_all;
+  for (; i + 8 <= V; i += 8) {
+    const __m256i f = fixed_to_f8(q + i, vs, sh);
+    const __m256i in = _mm256_cmpgt_epi32(sv, idx);  // i + lane < s (both below 2^31)
+    a_all = _mm256_add_epi32(a_all, f);
+    a_below = _mm256_add_epi32(a_below, _mm256_and_si256(in, f));
+    m_below = _mm256_max_epu32(
+        m_below, _mm256_and_si256(in, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i))));
+    idx = _mm256_add_epi32(idx, step);
+  }
+  all = sum_lanes8(a_all);
+  below = sum_lanes8(a_below);
+  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(m_below), _mm256_extracti128_si256(m_below, 1));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4e));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xb1));
+  max_below = uint32_t(_mm_cvtsi128_si32(m));
 #endif
-  for (; i < end; ++i) acc += uint32_t((uint64_t(q[i]) * scale32) >> qp.shift);
-  return acc;
+  for (; i < V; ++i) {
+    const uint32_t f = uint32_t((uint64_t(q[i]) * scale32) >> qp.shift);
+    all += f;
+    below += i < s ? f : 0u;
+    max_below = i < s && q[i] > max_below ? q[i] : max_below;
+  }
+  return {below, all, max_below == qp.q_max};
 }
 
 // Turns q[0..V) into the frequencies, in place.
@@ -454,14 +495,11 @@ NCX_HD int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool 
   // pass over [0, s) finds on the way (cheaper than tracking the index).
   int32_t st = quantize_row_prepare<false>(row, V, precision, logits, q, &qp);
   if (st != kOk) return st;
-  uint32_t max_below = 0;
-  for (int64_t i = 0; i < s; ++i) max_below = q[i] > max_below ? q[i] : max_below;
-  uint32_t below = sum_f(q, qp, 0, s);
-  uint32_t f_s = fixed_to_f(q[s], qp.scale, qp.shift);
-  uint32_t above = sum_f(q, qp, s + 1, V);
-  uint32_t rem = free_mass(precision, V) - (below + f_s + above);
-  const bool argmax_below = max_below == qp.q_max, argmax_at = !argmax_below && q[s] == qp.q_max;
-  *cum = uint32_t(s) + below + (argmax_below ? rem : 0u);
+  const SymbolSums sums = symbol_sums(q, qp, s, V);
+  const uint32_t f_s = fixed_to_f(q[s], qp.scale, qp.shift);
+  const uint32_t rem = free_mass(precision, V) - sums.all;
+  const bool argmax_below = sums.max_below, argmax_at = !argmax_below && q[s] == qp.q_max;
+  *cum = uint32_t(s) + sums.below + (argmax_below ? rem : 0u);
   *freq = 1u + f_s + (argmax_at ? rem : 0u);
   return kOk;
 }
