@@ -295,16 +295,17 @@ def encode_streams(docs, model: ContextModel, precision: int, eos: int | None, b
         enc = StreamEncoder(len(ids), max_encoded_bytes(T, precision), precision, device)
         t = 0
         while t < T:
+            # A block of positions inside one context (never across a restart),
+            # or one position for a model without steps().
+            n = 1 if steps is None else min(max(1, TEACHER_FORCED_ROWS // len(ids)), T - t,
+                                            model.max_symbols - t % model.max_symbols)
+            tokens, positions = _block_inputs(sym, t, n, model)
             if steps is None:
-                prev = sym[:, t - 1] if t else torch.zeros(len(ids), dtype=torch.int64, device=device)
-                enc.step(model(*_stream_inputs(prev, t, model)), sym[:, t], logits=model.logits)
-                t += 1
-                continue
-            # A block of positions inside one context: never across a restart.
-            n = min(max(1, TEACHER_FORCED_ROWS // len(ids)), T - t, model.max_symbols - t % model.max_symbols)
-            dists = steps(*_block_inputs(sym, t, n, model)).transpose(0, 1).contiguous()  # [n, B, V]
-            for c in range(n):
-                enc.step(dists[c], sym[:, t + c], logits=model.logits)
+                dists = model(tokens[:, 0], positions[:, 0]).unsqueeze(1)  # [B, 1, V]
+            else:
+                dists = steps(tokens, positions)  # [B, n, V]
+            for c in range(n):  # the coder takes the rows where they are (any stride between streams)
+                enc.step(dists[:, c], sym[:, t + c], logits=model.logits)
             t += n
         data, nbits = enc.finish()
         data, nbits = data.cpu(), nbits.cpu()
