@@ -9,7 +9,9 @@ ATen), so a lower level on this CPU runs what a CPU of that level runs:
 
 - coder: bench/peers.py, one stream on one thread, ncx P=24 against
   constriction (the ratio is the figure: both run in the same process,
-  interleaved), and 64 streams on 1 and 2 threads;
+  interleaved), the read ceiling (torch.sum streaming the same
+  probabilities: no coder that reads each once can beat it), and 64
+  streams on 1 and 2 threads;
 - int_linear: the paper M1's three linear shapes with 256 rows, G MAC/s of
   ncx.ops.int_linear (quantize, exact GEMM, dequantize) against a plain
   float32 `x @ w.T` of the same shape, one thread, best of several rounds;
@@ -88,7 +90,7 @@ def measure(level: str, quick: bool) -> dict:
             peers = json.load(f)
         out["coder"] = {"ncx_over_constriction": peers["ratios"]["ncx_P24_over_constriction"],
                         "ncx": peers["single_stream_1_thread"][0], "constriction": peers["single_stream_1_thread"][2],
-                        "multistream": peers["multi_stream"][0]}
+                        "multistream": peers["multi_stream"][0], "read_ceiling": peers["read_ceiling"]}
         out["int_linear"] = json.loads(run([sys.executable, "-c", LINEAR_PROBE, "3" if quick else "7"], env,
                                            600).strip().splitlines()[-1])
         m1_json = os.path.join(tmp, "int_m1.json")
@@ -101,10 +103,11 @@ def measure(level: str, quick: bool) -> dict:
 
 
 def table(results: list[dict], native: str) -> str:
-    lines = ["| level | coder encode / decode vs constriction (1 thread) | 64 streams, 2 threads / 1 "
+    lines = ["| level | coder encode / decode vs constriction (1 thread) | read ceiling: torch.sum of the "
+             "probabilities, 1 thread (x constriction encode, decode) | 64 streams, 2 threads / 1 "
              "(encode, decode) | int_linear / float32 GEMM, G MAC/s (qkv, fc, fc_proj) | integer M1 AC encode, "
              "decode kB/s (x float) | integer M1 EqualInfoAC b=16 encode, decode kB/s (x float) |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         c = r["coder"]
         ratio = c["ncx_over_constriction"]
@@ -122,6 +125,8 @@ def table(results: list[dict], native: str) -> str:
             f"| {name} | {ratio['encode']:.2f}x ({c['ncx']['encode_msym_s']:.2f} vs "
             f"{c['constriction']['encode_msym_s']:.2f} Msym/s), {ratio['decode']:.2f}x "
             f"({c['ncx']['decode_msym_s']:.2f} vs {c['constriction']['decode_msym_s']:.2f}) | "
+            f"{c['read_ceiling']['gb_s']:.1f} GB/s, {c['read_ceiling']['msym_s']:.2f} Msym/s "
+            f"({c['read_ceiling']['over_constriction_encode']:.2f}x, {c['read_ceiling']['over_constriction_decode']:.2f}x) | "
             f"{ms['encode_speedup']:.2f}x, {ms['decode_speedup']:.2f}x | "
             + ", ".join(f"{v['int_linear']:.1f} / {v['float32']:.1f}" for v in lin.values())
             + f" | {coding('AC')} | {coding('EqualInfoAC b=16')} |")

@@ -347,6 +347,17 @@ def main(argv=None) -> dict:
         return {op: a[f"{op}_msym_s"] / b[f"{op}_msym_s"] for op in ("encode", "decode")} | {
             f"{op}_cpu": a[f"{op}_msym_per_cpu_s"] / b[f"{op}_msym_per_cpu_s"] for op in ("encode", "decode")}
 
+    # The ceiling of any coder that reads every probability once: one thread
+    # streaming them with torch.sum (vectorized, the hardware prefetchers
+    # alone), in the same process and conditions.
+    t_read = statistics.median(timed(lambda: probs.sum())[0] for _ in range(args.repeats))
+    read_ceiling = {"gb_s": probs.numel() * probs.element_size() / t_read / 1e9, "msym_s": n / t_read / 1e6}
+    read_ceiling |= {f"over_constriction_{op}": read_ceiling["msym_s"] / con[f"{op}_msym_s"]
+                     for op in ("encode", "decode")}
+    print(f"  read ceiling: torch.sum streams the probabilities at {read_ceiling['gb_s']:.1f} GB/s, "
+          f"{read_ceiling['msym_s']:.2f} Msym/s: {read_ceiling['over_constriction_encode']:.2f}x / "
+          f"{read_ceiling['over_constriction_decode']:.2f}x constriction's encode / decode", flush=True)
+
     ratios = {f"ncx_P{P}_over_constriction": ratio(ncx[P], con) for P in (24, 16)}
     ratios["ncx_P16_over_torchac"] = ratio(ncx[16], tac)
     for k, v in ratios.items():
@@ -386,6 +397,7 @@ def main(argv=None) -> dict:
         "ideal_bits_per_symbol": ideal / n,
         "single_stream_1_thread": results,
         "ratios": ratios,
+        "read_ceiling": read_ceiling,
         "multi_stream": multi,
         "targets": targets,
         "wall_s": time.perf_counter() - t0,
