@@ -16,13 +16,6 @@ namespace {
 
 using at::Tensor;
 
-// acc[n, d] = sum_k q16[n, k] w[d, k] for rows [begin, end), by the level's
-// pmaddwd kernel over the packed weight.
-void pair_products_rows(const CpuKernels& kernels, const int16_t* q16, const Tensor& packed, int64_t begin,
-                        int64_t end, int64_t D, int64_t K, int32_t* acc) {
-  kernels.int_gemm_rows(q16, packed.data_ptr<int16_t>(), begin, end, D, K, acc);
-}
-
 // The weight int8 [D, K] in the level's panels (packed in parallel).
 Tensor pack_weight(const CpuKernels& kernels, const Tensor& weight) {
   const int64_t D = weight.size(0), K = weight.size(1), lanes = kernels.int_gemm_lanes;
@@ -51,8 +44,8 @@ bool int_mm_is_exact() {
             Tensor w = at::full({D, K}, 127, at::kChar);
             w.slice(1, 0, K, 3).neg_();
             Tensor q16 = q.to(at::kShort).contiguous(), want = at::empty({N, D}, at::kInt);
-            pair_products_rows(kernels, q16.data_ptr<int16_t>(), pack_weight(kernels, w), 0, N, D, K,
-                               want.data_ptr<int32_t>());
+            kernels.int_gemm_rows(q16.data_ptr<int16_t>(), pack_weight(kernels, w).data_ptr<int16_t>(), 0, N, D, K,
+                                  want.data_ptr<int32_t>());
             if (!at::equal(at::_int_mm(q, w.t()), want)) return false;
           }
       return true;
@@ -69,7 +62,7 @@ bool use_int_mm() { return std::string(cpu_kernels().level) == "avx512" && int_m
 // level (VNNI), where the probe found it exact, the products are
 // torch._int_mm's; otherwise the level's pmaddwd kernel's, which beats a
 // float32 GEMM of the same shape there (docs/performance.md, "CPU levels"),
-// each range of rows quantized, multiplied and dequantized in one pass.
+// each block of rows quantized, multiplied and dequantized in one pass.
 Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor& multiplier_in,
                       const Tensor& shift_in) {
   check_int_linear(x_in, weight_in, multiplier_in, shift_in);
@@ -80,10 +73,6 @@ Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor&
   Tensor scale = at::empty({N, 2}, x.options());
   Tensor out = at::empty({N, D}, x.options());
   if (N == 0 || D == 0) return out;
-  auto dequantize = [&](const Tensor& acc, int64_t begin, int64_t end) {
-    kernels.int_dequantize_rows(acc.data_ptr<int32_t>(), begin, end, D, scale.data_ptr<int32_t>(),
-                                multiplier.data_ptr<int32_t>(), shift.data_ptr<int32_t>(), out.data_ptr<int32_t>());
-  };
   if (use_int_mm()) {
     Tensor q = at::empty({N, K}, x.options().dtype(at::kChar));
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
@@ -91,17 +80,28 @@ Tensor int_linear_cpu(const Tensor& x_in, const Tensor& weight_in, const Tensor&
                                 scale.data_ptr<int32_t>());
     });
     const Tensor acc = at::_int_mm(q, weight.t()).contiguous();
-    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) { dequantize(acc, begin, end); });
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      kernels.int_dequantize_rows(acc.data_ptr<int32_t>(), begin, end, D, scale.data_ptr<int32_t>(),
+                                  multiplier.data_ptr<int32_t>(), shift.data_ptr<int32_t>(), out.data_ptr<int32_t>());
+    });
     return out;
   }
   const Tensor packed = pack_weight(kernels, weight);
-  Tensor q16 = at::empty({N, K + (K & 1)}, x.options().dtype(at::kShort));
-  Tensor acc = at::empty({N, D}, x.options());
+  const int64_t Kp = K + (K & 1);
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    kernels.int_quantize_rows(x.data_ptr<int32_t>(), begin, end, K, nullptr, q16.data_ptr<int16_t>(),
-                              scale.data_ptr<int32_t>());
-    pair_products_rows(kernels, q16.data_ptr<int16_t>(), packed, begin, end, D, K, acc.data_ptr<int32_t>());
-    dequantize(acc, begin, end);
+    // kRows rows at a time, so that their int16 inputs and int32 products
+    // stay in this core's cache (and no [N, D] buffer is allocated).
+    constexpr int64_t kRows = 32;
+    std::vector<int16_t> q16(kRows * Kp);
+    std::vector<int32_t> acc(kRows * D);
+    for (int64_t r0 = begin; r0 < end; r0 += kRows) {
+      const int64_t rows = std::min(end - r0, kRows);
+      int32_t* row_scale = scale.data_ptr<int32_t>() + 2 * r0;
+      kernels.int_quantize_rows(x.data_ptr<int32_t>() + r0 * K, 0, rows, K, nullptr, q16.data(), row_scale);
+      kernels.int_gemm_rows(q16.data(), packed.data_ptr<int16_t>(), 0, rows, D, K, acc.data());
+      kernels.int_dequantize_rows(acc.data(), 0, rows, D, row_scale, multiplier.data_ptr<int32_t>(),
+                                  shift.data_ptr<int32_t>(), out.data_ptr<int32_t>() + r0 * D);
+    }
   });
   return out;
 }
