@@ -4,8 +4,8 @@ Proves: every level this machine runs gives the same integers as the
 baseline level and as the pure-Python references, for every kernel of the
 table (quantizer rows in all three uses, the integer M1's row loops, the
 window-vocabulary match) and for both exact GEMM paths of int_linear
-(torch._int_mm at the avx512 level, float32 slices below it, K across slice
-boundaries); NCX_CPU_LEVEL picks a level at import and a bad one is a clear
+(torch._int_mm at the avx512 level, ncx's pmaddwd kernel below it); the
+decoder's symbol search at block edges; NCX_CPU_LEVEL picks a level at import and a bad one is a clear
 ImportError; the built library holds AVX/AVX-512 or other post-baseline
 instructions only inside the level namespaces, so a baseline CPU never
 meets them.
@@ -193,6 +193,27 @@ def test_stream_coding_identical_at_every_level(at_level, logits):
     _assert_all_equal(dec)
     for b in range(B):
         assert torch.equal(dec["baseline"][b, :lengths[b]], symbols[b, :lengths[b]])
+
+
+@pytest.mark.parametrize("V", [256, 257, 280, 300])
+def test_decoder_finds_symbols_at_block_edges_at_every_level(at_level, V):
+    """The decoder's search goes by blocks of 32 frequencies (for byte
+    alphabets all eight blocks at once, at avx512). A symbol of frequency 1
+    has a single target, its cumulative frequency, so coding one at every
+    block edge checks each boundary compare for off-by-one at every level."""
+    edges = sorted({s for e in range(0, V + 1, 32) for s in (e - 1, e, e + 1) if 0 <= s < V} | {V - 1})
+    peak = torch.zeros(V)
+    peak[V // 3] = 1.0
+    dist = peak.expand(len(edges), V).clone()  # every other symbol gets frequency 1
+    dist[1::2, 5] = 0.25  # a second peak moves the targets of half the rows
+    symbols = torch.tensor(edges)
+    for precision in (V.bit_length(), 16, 24):
+        enc = _per_level(at_level, lambda: ops.encode(dist[None], symbols[None], precision=precision))
+        _assert_all_equal(enc)
+        data, nbits = enc["baseline"]
+        dec = _per_level(at_level, lambda: ops.decode(dist[None], data, nbits, precision=precision))
+        _assert_all_equal(dec)
+        assert torch.equal(dec["baseline"][0], symbols)
 
 
 def _peaky_int_m1():

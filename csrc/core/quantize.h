@@ -351,21 +351,25 @@ NCX_HD uint32_t free_mass(int precision, int64_t V) { return uint32_t((uint64_t(
 
 // f_i = (q_i * scale) >> shift for 16 (AVX-512) or 8 (AVX2) q_i at once, as
 // uint32 lanes in q's order. With a 32-bit scale, vpmuludq multiplies the low
-// halves of 64-bit lanes: once for the even q_i, once (after a 32-bit shift)
-// for the odd ones, one instruction each where GCC's own loop takes a 64-bit
-// multiply of three. f_i < 2^P fits the low half again.
+// halves of 64-bit lanes: once for the even q_i, once (after moving them
+// down) for the odd ones, one instruction each where GCC's own loop takes a
+// 64-bit multiply of three. f_i < 2^P fits the low half again. The shifts
+// take their count from a vector: the form with an xmm count is two uops on
+// Intel cores, and these loops are bound by the vector ports.
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
-inline __m512i fixed_to_f16(const uint32_t* q, __m512i scale, __m128i shift) {
+inline __m512i fixed_to_f16(const uint32_t* q, __m512i scale, __m512i shift) {
   const __m512i v = _mm512_loadu_si512(q);
-  const __m512i even = _mm512_srl_epi64(_mm512_mul_epu32(v, scale), shift);
-  const __m512i odd = _mm512_srl_epi64(_mm512_mul_epu32(_mm512_srli_epi64(v, 32), scale), shift);
-  return _mm512_or_si512(even, _mm512_slli_epi64(odd, 32));
+  const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(v, scale), shift);
+  const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_shuffle_epi32(v, _MM_PERM_CDAB), scale), shift);
+  // Interleave the low halves: lane 2j from even's lane 2j, 2j+1 from odd's.
+  const __m512i pick = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+  return _mm512_permutex2var_epi32(even, pick, odd);
 }
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
-inline __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m128i shift) {
+inline __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m256i shift) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-  const __m256i even = _mm256_srl_epi64(_mm256_mul_epu32(v, scale), shift);
-  const __m256i odd = _mm256_srl_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
+  const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, scale), shift);
+  const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
   return _mm256_or_si256(even, _mm256_slli_epi64(odd, 32));
 }
 inline uint32_t sum_lanes8(__m256i v) {
@@ -399,7 +403,7 @@ NCX_HD SymbolSums symbol_sums(const uint32_t* q, const QuantParams& qp, int64_t 
   const uint32_t scale32 = uint32_t(qp.scale);
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
   const __m512i vs = _mm512_set1_epi64(scale32), sv = _mm512_set1_epi32(int32_t(s)), step = _mm512_set1_epi32(16);
-  const __m128i sh = _mm_cvtsi32_si128(qp.shift);
+  const __m512i sh = _mm512_set1_epi64(qp.shift);
   __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512i a_all = _mm512_setzero_si512(), a_below = a_all, m_below = a_all;
   for (; i + 16 <= V; i += 16) {
@@ -415,7 +419,7 @@ NCX_HD SymbolSums symbol_sums(const uint32_t* q, const QuantParams& qp, int64_t 
   max_below = uint32_t(_mm512_reduce_max_epu32(m_below));
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
   const __m256i vs = _mm256_set1_epi64x(scale32), sv = _mm256_set1_epi32(int32_t(s)), step = _mm256_set1_epi32(8);
-  const __m128i sh = _mm_cvtsi32_si128(qp.shift);
+  const __m256i sh = _mm256_set1_epi64x(qp.shift);
   __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256i a_all = _mm256_setzero_si256(), a_below = a_all, m_below = a_all;
   for (; i + 8 <= V; i += 8) {
@@ -457,7 +461,7 @@ NCX_HD void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int pr
     const uint32_t scale32 = uint32_t(qp.scale);
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
     const __m512i vs = _mm512_set1_epi64(scale32), one = _mm512_set1_epi32(1);
-    const __m128i sh = _mm_cvtsi32_si128(qp.shift);
+    const __m512i sh = _mm512_set1_epi64(qp.shift);
     __m512i a = _mm512_setzero_si512();
     for (; i + 16 <= V; i += 16) {
       const __m512i f = _mm512_add_epi32(fixed_to_f16(q + i, vs, sh), one);
@@ -467,7 +471,7 @@ NCX_HD void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int pr
     total = uint32_t(_mm512_reduce_add_epi32(a));
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
     const __m256i vs = _mm256_set1_epi64x(scale32), one = _mm256_set1_epi32(1);
-    const __m128i sh = _mm_cvtsi32_si128(qp.shift);
+    const __m256i sh = _mm256_set1_epi64x(qp.shift);
     __m256i a = _mm256_setzero_si256();
     for (; i + 8 <= V; i += 8) {
       const __m256i f = _mm256_add_epi32(fixed_to_f8(q + i, vs, sh), one);
@@ -521,6 +525,93 @@ NCX_HD int32_t quantize_row_cdf(const T* row, int64_t V, int precision, bool log
   return kOk;
 }
 
+#if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
+// Inclusive prefix sums of 16 lanes: four shift-and-add steps.
+inline __m512i prefix_sums16(__m512i x) {
+  const __m512i z = _mm512_setzero_si512();
+  x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, z, 15));  // lane j += lane j - 1
+  x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, z, 14));  // ... j - 2
+  x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, z, 12));  // ... j - 4
+  return _mm512_add_epi32(x, _mm512_alignr_epi32(x, z, 8));  // ... j - 8
+}
+
+// The symbol's index in a block of 32 frequencies f[0..32) starting at
+// cumulative frequency c, given c <= target < c + sum f: the count of symbols
+// whose end is <= target, from prefix sums and a compare (a scalar scan would
+// mispredict its exit at every symbol). *cum gets the symbol's start.
+inline int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, uint32_t* cum) {
+  alignas(64) uint32_t ends[32];
+  const __m512i lo = _mm512_add_epi32(prefix_sums16(_mm512_loadu_si512(f)), _mm512_set1_epi32(int32_t(c)));
+  const __m512i lo_end = _mm512_permutexvar_epi32(_mm512_set1_epi32(15), lo);
+  const __m512i hi = _mm512_add_epi32(prefix_sums16(_mm512_loadu_si512(f + 16)), lo_end);
+  const __m512i t = _mm512_set1_epi32(int32_t(target));
+  const int n = __builtin_popcount(_mm512_cmple_epu32_mask(lo, t)) + __builtin_popcount(_mm512_cmple_epu32_mask(hi, t));
+  _mm512_store_si512(ends, lo);
+  _mm512_store_si512(ends + 16, hi);
+  *cum = n ? ends[n - 1] : c;
+  return n;
+}
+
+// For byte alphabets (256 <= V < 288: eight whole blocks of 32, then a short
+// tail): how many of the eight blocks end at or before target, and in *c the
+// cumulative frequency where the next one starts. The block sums come from a
+// transpose-and-add tree, so no loop exit depends on the data.
+// (GCC 12 warns inside its own headers here: their _mm512_undefined_epi32()
+// placeholder reads as uninitialized once inlined.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+inline int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
+  __m512i x[4], y[2];
+  for (int j = 0; j < 4; ++j) {  // x[j]: 8 partial sums of block 2j in lanes 0-7, of block 2j + 1 in 8-15
+    const __m512i a = _mm512_add_epi32(_mm512_loadu_si512(f + 64 * j), _mm512_loadu_si512(f + 64 * j + 16));
+    const __m512i b = _mm512_add_epi32(_mm512_loadu_si512(f + 64 * j + 32), _mm512_loadu_si512(f + 64 * j + 48));
+    x[j] = _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                            _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int m = 0; m < 2; ++m)  // y[m]: 4 partial sums of block 4m + i in 128-bit chunk i
+    y[m] = _mm512_add_epi32(_mm512_shuffle_i32x4(x[2 * m], x[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(x[2 * m], x[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i z = _mm512_add_epi32(_mm512_unpacklo_epi32(y[0], y[1]), _mm512_unpackhi_epi32(y[0], y[1]));
+  const __m512i w = _mm512_add_epi32(z, _mm512_shuffle_epi32(z, _MM_PERM_BADC));  // block i in lane 4i, 4 + i in 4i + 1
+  const __m512i sums = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), w);
+  alignas(64) uint32_t ends[16];
+  const __m512i e = prefix_sums16(sums);  // lanes 0-7: where each block ends
+  _mm512_store_si512(ends, e);
+  const int k = __builtin_popcount(_mm512_cmple_epu32_mask(e, _mm512_set1_epi32(int32_t(target))) & 0xffu);
+  *c = k ? ends[k - 1] : 0u;
+  return k;
+}
+#pragma GCC diagnostic pop
+#elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
+// Inclusive prefix sums of 8 lanes: two shift-and-add steps in each 128-bit
+// half, then the low half's total added to the high half.
+inline __m256i prefix_sums8(__m256i x) {
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+  const __m256i half_totals = _mm256_shuffle_epi32(x, 0xff);
+  return _mm256_add_epi32(x, _mm256_permute2x128_si256(half_totals, half_totals, 0x08));  // [0, low total]
+}
+
+// As the AVX-512 find_in_block32, in four vectors of 8. The sums are below
+// 2^24, so the signed compare serves.
+inline int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, uint32_t* cum) {
+  alignas(32) uint32_t ends[32];
+  const __m256i t = _mm256_set1_epi32(int32_t(target)), last = _mm256_set1_epi32(7);
+  __m256i carry = _mm256_set1_epi32(int32_t(c));
+  int n = 32;
+  for (int k = 0; k < 32; k += 8) {
+    const __m256i e =
+        _mm256_add_epi32(prefix_sums8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(f + k))), carry);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ends + k), e);
+    n -= __builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(e, t))));
+    carry = _mm256_permutevar8x32_epi32(e, last);
+  }
+  *cum = n ? ends[n - 1] : c;
+  return n;
+}
+#endif
+
 // Decoding: the symbol s with cum(s) <= target < cum(s+1), without a full
 // prefix sum: block sums (vectorized), a scan over blocks, a scan in one block.
 template <typename T>
@@ -533,12 +624,23 @@ NCX_HD int32_t quantize_row_find(const T* row, int64_t V, int precision, bool lo
   constexpr int64_t kBlock = 32;
   uint32_t c = 0;
   int64_t base = 0;
+#if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
+  if (V >= 8 * kBlock && V < 9 * kBlock) base = kBlock * find_block8(q, target, &c);
+  else
+#endif
   for (; base + kBlock < V; base += kBlock) {
     uint32_t blk = 0;
     for (int64_t i = base; i < base + kBlock; ++i) blk += q[i];
     if (c + blk > target) break;
     c += blk;
   }
+#if (defined(__AVX512F__) || defined(__AVX2__)) && !defined(__CUDA_ARCH__)
+  if (base + kBlock <= V) {  // a whole block (always, for V a multiple of 32)
+    *sym = base + find_in_block32(q + base, c, target, cum);
+    *freq = q[*sym];
+    return kOk;
+  }
+#endif
   int64_t i = base;
   while (i < V - 1 && c + q[i] <= target) c += q[i++];
   *sym = i;
