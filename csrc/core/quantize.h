@@ -610,6 +610,28 @@ inline int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, u
   *cum = n ? ends[n - 1] : c;
   return n;
 }
+
+// As the AVX-512 find_block8: the eight block sums by horizontal adds.
+inline int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
+  __m256i b[8];  // b[k]: 8 partial sums of block k
+  for (int k = 0; k < 8; ++k) {
+    const __m256i* p = reinterpret_cast<const __m256i*>(f + 32 * k);
+    b[k] = _mm256_add_epi32(_mm256_add_epi32(_mm256_loadu_si256(p), _mm256_loadu_si256(p + 1)),
+                            _mm256_add_epi32(_mm256_loadu_si256(p + 2), _mm256_loadu_si256(p + 3)));
+  }
+  // Each half of h0 holds 4 partial sums of blocks 0-3, in order; h1 of blocks 4-7.
+  const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(b[0], b[1]), _mm256_hadd_epi32(b[2], b[3]));
+  const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(b[4], b[5]), _mm256_hadd_epi32(b[6], b[7]));
+  const __m128i s0 = _mm_add_epi32(_mm256_castsi256_si128(h0), _mm256_extracti128_si256(h0, 1));
+  const __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h1), _mm256_extracti128_si256(h1, 1));
+  const __m256i e = prefix_sums8(_mm256_set_m128i(s1, s0));  // where each block ends
+  alignas(32) uint32_t ends[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(ends), e);
+  const int k = 8 - __builtin_popcount(
+                        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(int32_t(target))))));
+  *c = k ? ends[k - 1] : 0u;
+  return k;
+}
 #endif
 
 // Decoding: the symbol s with cum(s) <= target < cum(s+1), without a full
@@ -624,7 +646,7 @@ NCX_HD int32_t quantize_row_find(const T* row, int64_t V, int precision, bool lo
   constexpr int64_t kBlock = 32;
   uint32_t c = 0;
   int64_t base = 0;
-#if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
+#if (defined(__AVX512F__) || defined(__AVX2__)) && !defined(__CUDA_ARCH__)
   if (V >= 8 * kBlock && V < 9 * kBlock) base = kBlock * find_block8(q, target, &c);
   else
 #endif
