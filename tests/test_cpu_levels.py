@@ -198,7 +198,7 @@ def test_stream_coding_identical_at_every_level(at_level, logits):
 @pytest.mark.parametrize("V", [256, 257, 280, 300])
 def test_decoder_finds_symbols_at_block_edges_at_every_level(at_level, V):
     """The decoder's search goes by blocks of 32 frequencies (for byte
-    alphabets all eight blocks at once, at avx512). A symbol of frequency 1
+    alphabets all eight blocks at once, at avx2 and avx512). A symbol of frequency 1
     has a single target, its cumulative frequency, so coding one at every
     block edge checks each boundary compare for off-by-one at every level."""
     edges = sorted({s for e in range(0, V + 1, 32) for s in (e - 1, e, e + 1) if 0 <= s < V} | {V - 1})
