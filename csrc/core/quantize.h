@@ -635,7 +635,9 @@ inline int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
 #endif
 
 // Decoding: the symbol s with cum(s) <= target < cum(s+1), without a full
-// prefix sum: block sums (vectorized), a scan over blocks, a scan in one block.
+// prefix sum: the block of 32 that holds it, then the symbol in that block.
+// With vectors both steps are prefix sums and a compare (the block step
+// for byte alphabets; other sizes scan the block sums); without, scans.
 template <typename T>
 NCX_HD int32_t quantize_row_find(const T* row, int64_t V, int precision, bool logits, uint32_t target, uint32_t* q,
                                  int64_t* sym, uint32_t* cum, uint32_t* freq) {
