@@ -69,7 +69,7 @@ def extra_cuda_includes():
 
 here = os.path.dirname(os.path.abspath(__file__))
 sources = ["csrc/ncx.cpp", "csrc/cpu/cpu_level.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/int_m1_cpu.cpp",
-           "csrc/cpu/window_vocab_cpu.cpp"]
+           "csrc/cpu/window_vocab_cpu.cpp", "csrc/int_m1_forward.cpp"]
 # -ffp-contract=off: the quantizer's float steps must round exactly as written
 # (no fused multiply-add), so CPU and GPU produce the same integers.
 # -fopenmp: at::parallel_for is a header template that, with torch's OpenMP

@@ -60,6 +60,12 @@ TORCH_LIBRARY(ncx, m) {
   m.def("int_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor streams, Tensor positions) -> Tensor");
   // Logits [N, V] (Q16) -> coder weights [N, V]: exp(l - max) in Q22, the largest exactly 2^22.
   m.def("int_coder_weights(Tensor logits) -> Tensor");
+  // The whole forward of N rows (csrc/int_m1_forward.cpp): row n is token tokens[n] at
+  // position positions[n] of stream streams[n]; its key/value go into the caches (one per
+  // layer) first. weights in the order ncx.int_m1.IntM1.flat_weights gives -> coder weights [N, V].
+  m.def(
+      "int_m1_forward(Tensor tokens, Tensor streams, Tensor positions, Tensor[] weights, "
+      "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, int n_head) -> Tensor");
 
   // Equal-Info windows as a vocabulary (csrc/core/window_vocab.h): code c's
   // string is pool[offsets[c], offsets[c+1]) then EOS if eos[c]. Outputs are

@@ -139,9 +139,19 @@ class IntM1:
     def coder(self) -> "IntM1Coder":
         return IntM1Coder(self)
 
-    def _linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def flat_weights(self) -> list[torch.Tensor]:
+        """The tensors in the order the native forward (ops.int_m1_forward)
+        takes them: wte, norm_f, head.{weight,multiplier,shift}, rope_cos,
+        rope_sin, then per layer norm1, norm2 and {qkv,proj,fc,fc_proj}.
+        {weight,multiplier,shift}."""
         t = self.tensors
-        return ops.int_linear(x, t[f"{name}.weight"], t[f"{name}.multiplier"], t[f"{name}.shift"])
+        names = ["wte", "norm_f", "head.weight", "head.multiplier", "head.shift", "rope_cos", "rope_sin"]
+        for i in range(self.config.n_layer):
+            p = f"layers.{i}."
+            names += [p + "norm1", p + "norm2"] + [f"{p}{lin}.{part}" for lin in _LINEARS
+                                                  for part in ("weight", "multiplier", "shift")]
+        return [t[n] for n in names]
 
     def forward_rows(self, tokens: torch.Tensor, streams: torch.Tensor, positions: torch.Tensor,
                      k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]) -> torch.Tensor:
@@ -150,23 +160,10 @@ class IntM1:
         [S, H, L, hd] (one per layer) before attention, so rows of one stream
         may come in one call (a whole window) or one per call (stepwise): the
         attention of a row reads the cache at positions 0..positions[n] only.
-        Returns int32 coder weights (N, 257)."""
-        c, t = self.config, self.tensors
-        N, H, hd = tokens.shape[0], c.n_head, c.head_dim
-        cos, sin = t["rope_cos"], t["rope_sin"]
-        x = t["wte"][tokens]  # (N, C)
-        for i in range(c.n_layer):
-            p = f"layers.{i}."
-            qkv = self._linear(p + "qkv", ops.int_rms_norm(x, t[p + "norm1"])).view(N, 3, H, hd)
-            q, k = ops.int_rope(qkv[:, :2].reshape(N, 2 * H, hd), cos, sin, positions).view(N, 2, H, hd).unbind(1)
-            k_cache[i][streams, :, positions] = k
-            v_cache[i][streams, :, positions] = qkv[:, 2].clamp(-QKV_LIMIT, QKV_LIMIT)
-            a = ops.int_attention(q, k_cache[i], v_cache[i], streams, positions)  # (N, H, hd)
-            x = _add(x, self._linear(p + "proj", a.view(N, c.n_embd)))
-            h = self._linear(p + "fc", ops.int_rms_norm(x, t[p + "norm2"])).clamp_min(0)  # ReLU
-            x = _add(x, self._linear(p + "fc_proj", h))
-        logits = self._linear("head", ops.int_rms_norm(x, t["norm_f"]))  # (N, 257) Q16
-        return ops.int_coder_weights(logits)
+        Returns int32 coder weights (N, 257). One native op for all layers
+        (csrc/int_m1_forward.cpp), equal to composing the single ncx.ops.int_*
+        ops layer by layer (tests/test_int_m1.py holds it to that)."""
+        return ops.int_m1_forward(tokens, streams, positions, self.flat_weights, k_cache, v_cache, self.config.n_head)
 
     @torch.no_grad()
     def window_weights(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -195,11 +192,6 @@ class IntM1:
         cdf = ops.quantize(weights, EVAL_PRECISION)
         freq = (cdf[..., 1:] - cdf[..., :-1]).double()
         return (freq.log2() - EVAL_PRECISION).mul(math.log(2)).float()
-
-
-def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Saturating int32 residual add."""
-    return (x.to(torch.int64) + y).clamp(-INT32_LIMIT, INT32_LIMIT).to(torch.int32)
 
 
 class IntM1Coder(KVCacheCoder):

@@ -26,6 +26,7 @@ __all__ = [
     "int_rope",
     "int_attention",
     "int_coder_weights",
+    "int_m1_forward",
     "cpu_level",
     "cpu_levels",
     "set_cpu_level",
@@ -283,6 +284,18 @@ def int_coder_weights(logits: torch.Tensor) -> torch.Tensor:
     return _ops.int_coder_weights(logits)
 
 
+def int_m1_forward(tokens: torch.Tensor, streams: torch.Tensor, positions: torch.Tensor,
+                   weights: list[torch.Tensor], k_cache: list[torch.Tensor], v_cache: list[torch.Tensor],
+                   n_head: int) -> torch.Tensor:
+    """The integer M1's forward of N rows in one op (every layer): row n is
+    token tokens[n] at position positions[n] of stream streams[n] (int64 [N]);
+    its key/value are written into the int32 caches [S, H, L, head_dim] (one
+    per layer) before it attends. weights: ncx.int_m1.IntM1.flat_weights.
+    Returns int32 coder weights [N, V]. No value is read back to the host on
+    a GPU, so a CUDA graph can capture it."""
+    return _ops.int_m1_forward(tokens, streams, positions, weights, k_cache, v_cache, n_head)
+
+
 # ------------------------------------------------------------ fake kernels
 def _fake_like(t: torch.Tensor, shape, dtype):
     return t.new_empty(shape, dtype=dtype)
@@ -374,3 +387,8 @@ def _(q, k_cache, v_cache, streams, positions):
 @torch.library.register_fake("ncx::int_coder_weights")
 def _(logits):
     return _fake_like(logits, logits.shape, torch.int32)
+
+
+@torch.library.register_fake("ncx::int_m1_forward")
+def _(tokens, streams, positions, weights, k_cache, v_cache, n_head):
+    return _fake_like(tokens, (tokens.shape[0], weights[2].shape[0]), torch.int32)

@@ -202,6 +202,107 @@ def test_int_ops_opcheck():
     torch.library.opcheck(torch.ops.ncx.int_attention, (qh, cache, cache, torch.tensor([1, 0, 1]), pos))
 
 
+def _composed_forward(model: IntM1, tokens, streams, positions, k_cache, v_cache) -> torch.Tensor:
+    """IntM1.forward_rows written with the single ops, layer by layer in Python,
+    as ncx.int_m1 documents the model: what the one-op forward must equal."""
+    c, t = model.config, model.tensors
+    N, H, hd = tokens.shape[0], c.n_head, c.head_dim
+    limit = (1 << 31) - 1
+
+    def linear(name, x):
+        return ops.int_linear(x, t[f"{name}.weight"], t[f"{name}.multiplier"], t[f"{name}.shift"])
+
+    def add(x, y):  # the saturating residual add
+        return (x.to(torch.int64) + y).clamp(-limit, limit).to(torch.int32)
+
+    x = t["wte"][tokens]
+    for i in range(c.n_layer):
+        p = f"layers.{i}."
+        qkv = linear(p + "qkv", ops.int_rms_norm(x, t[p + "norm1"])).view(N, 3, H, hd)
+        q, k = ops.int_rope(qkv[:, :2].reshape(N, 2 * H, hd), t["rope_cos"], t["rope_sin"], positions).view(
+            N, 2, H, hd).unbind(1)
+        k_cache[i][streams, :, positions] = k
+        v_cache[i][streams, :, positions] = qkv[:, 2].clamp(-ref.LIMIT, ref.LIMIT)
+        a = ops.int_attention(q, k_cache[i], v_cache[i], streams, positions)
+        x = add(x, linear(p + "proj", a.view(N, c.n_embd)))
+        x = add(x, linear(p + "fc_proj", linear(p + "fc", ops.int_rms_norm(x, t[p + "norm2"])).clamp_min(0)))
+    return ops.int_coder_weights(linear("head", ops.int_rms_norm(x, t["norm_f"])))
+
+
+def _loud(model: IntM1) -> IntM1:
+    """model with embeddings near the int32 limits and the largest value
+    projections, so residual adds and v saturate."""
+    t = dict(model.tensors)
+    gen = torch.Generator().manual_seed(11)
+    t["wte"] = torch.randint(-(1 << 31) + 1, 1 << 31, t["wte"].shape, generator=gen, dtype=torch.int64).to(torch.int32)
+    for i in range(model.config.n_layer):
+        t[f"layers.{i}.qkv.multiplier"] = torch.full_like(t[f"layers.{i}.qkv.multiplier"], 1 << 15)
+        t[f"layers.{i}.qkv.shift"] = torch.full_like(t[f"layers.{i}.qkv.shift"], 8)
+    return IntM1(model.config, t)
+
+
+@pytest.mark.parametrize("loud", [False, True])
+def test_one_op_forward_equals_the_single_ops(int_m1, loud):
+    """ops.int_m1_forward (every layer in one native op) gives the integers,
+    and leaves the caches, that composing the single ops gives: whole windows,
+    and stepwise rows of streams in shuffled order at uneven positions."""
+    model = _loud(int_m1) if loud else int_m1
+    c = model.config
+    gen = torch.Generator().manual_seed(3)
+    S, L = 6, c.context
+
+    def run(forward, tokens, streams, positions, caches):
+        return forward(tokens, streams, positions, *caches)
+
+    caches = {name: ([torch.zeros(S, c.n_head, L, c.head_dim, dtype=torch.int32) for _ in range(c.n_layer)],
+                     [torch.zeros(S, c.n_head, L, c.head_dim, dtype=torch.int32) for _ in range(c.n_layer)])
+              for name in ("native", "composed")}
+    forwards = {"native": model.forward_rows, "composed": lambda *a: _composed_forward(model, *a)}
+    # Three whole windows, then single rows of all six streams at positions that differ per stream.
+    windows = _windows(4, 3, L)
+    calls = [(windows.reshape(-1), torch.arange(3).repeat_interleave(L), torch.arange(L).repeat(3))]
+    filled = torch.zeros(S, dtype=torch.int64)
+    filled[:3] = L
+    for step in range(12):
+        streams = torch.randperm(S, generator=gen)
+        positions = torch.where(filled[streams] >= L, torch.randint(0, L, (S,), generator=gen), filled[streams])
+        filled[streams] = torch.maximum(filled[streams], positions + 1)
+        calls.append((torch.randint(0, 257, (S,), generator=gen), streams, positions))
+    for tokens, streams, positions in calls:
+        out = {n: run(forwards[n], tokens, streams, positions, caches[n]) for n in forwards}
+        assert out["native"].dtype == torch.int32 and torch.equal(out["native"], out["composed"])
+    for a, b in zip(caches["native"][0] + caches["native"][1], caches["composed"][0] + caches["composed"][1]):
+        assert torch.equal(a, b)
+    if loud:  # the saturations were reached, so the test covers them
+        assert any(int(v.abs().max()) == ref.LIMIT for v in caches["native"][1])
+
+
+def test_one_op_forward_rejects_bad_arguments(int_m1):
+    c = int_m1.config
+    cache = [torch.zeros(2, c.n_head, 4, c.head_dim, dtype=torch.int32) for _ in range(c.n_layer)]
+    one = torch.zeros(1, dtype=torch.int64)
+    w = int_m1.flat_weights
+    with pytest.raises(RuntimeError, match="weights must hold"):
+        ops.int_m1_forward(one, one, one, w[:-1], cache, cache, c.n_head)
+    with pytest.raises(RuntimeError, match="one cache per layer"):
+        ops.int_m1_forward(one, one, one, w, cache, cache[:-1], c.n_head)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        ops.int_m1_forward(one, one + 2, one, w, cache, cache, c.n_head)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        ops.int_m1_forward(one, one, one + 4, w, cache, cache, c.n_head)
+    with pytest.raises(RuntimeError, match="1-D of one length"):
+        ops.int_m1_forward(one, one.int(), one, w, cache, cache, c.n_head)
+
+
+def test_one_op_forward_opcheck(int_m1):
+    c = int_m1.config
+    caches = [[torch.zeros(2, c.n_head, 8, c.head_dim, dtype=torch.int32) for _ in range(c.n_layer)]
+              for _ in range(2)]
+    args = (torch.tensor([BOS, 5, 9]), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1]), int_m1.flat_weights,
+            caches[0], caches[1], c.n_head)
+    torch.library.opcheck(torch.ops.ncx.int_m1_forward, args)
+
+
 # ------------------------------------------------------------ determinism
 def _windows(seed: int, n: int, T: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
