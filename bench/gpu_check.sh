@@ -46,7 +46,8 @@ else
   if ! $PY -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1; then
     tail -40 "$LOG/build.log"; stamp "BUILD FAILED"; exit 1
   fi
-  $PY -c "import ncx.ops, ncx._C as C; assert C.WITH_CUDA, 'built without CUDA'; print('ncx built with CUDA')" \
+  # build_info names the int8 GEMM int_linear uses here (torch._int_mm if its probe passed).
+  $PY -c "import ncx.ops, ncx._C as C; assert C.WITH_CUDA, 'built without CUDA'; print(ncx.ops.build_info())" \
     2>&1 | tee -a "$LOG/build.log"
 fi
 

@@ -36,9 +36,9 @@ profiled chunk the M1 calls (a thin wrapper around the ContextModel's __call__ a
 coder's calls (ncx.coder's StreamEncoder / StreamDecoder / WindowEncoder / WindowDecoder
 methods, monkeypatched for the stage, see methods_table.CoderClock) run between two
 torch.cuda.synchronize() calls, so each one's time is its own; the driver's share is the rest
-(Python, and the driver's own tensor ops). The coding loops already wait for the device at every
-step (bool(...any()) and the KV cache's argument checks), so the extra syncs cost a few us per
-step; the profiled chunks' MB/s are reported too, for comparison. Time per step = a phase's wall
+(Python, and the driver's own tensor ops). The coding loops themselves wait for the device only
+every ncx.model_coding.GPU_SYNC_EVERY steps, so the profiled chunks' syncs stop the host from
+running ahead: their MB/s are lower than the plain chunks', and are reported apart. Time per step = a phase's wall
 time / its M1 calls (one per step in ncx.model_coding's loops; the AC encoder's block of
 positions for the integer M1, IntM1Coder.steps, is one call).
 

@@ -55,8 +55,11 @@ void add_saturating_(Tensor& x, const Tensor& y_in) {
 // each value clamped to +-limit.
 void write_cache_(Tensor& cache, const Tensor& rows, const Tensor& streams, const Tensor& positions, int32_t limit) {
   if (!cache.is_cpu()) {
+    // No value is read back: indices out of range are clamped (memory safety
+    // only, as in the CUDA ops: such a row is a caller's mistake).
     using at::indexing::Slice;
-    cache.index_put_({streams, Slice(), positions}, rows.clamp(-limit, limit));
+    cache.index_put_({streams.clamp(0, cache.size(0) - 1), Slice(), positions.clamp(0, cache.size(2) - 1)},
+                     rows.clamp(-limit, limit));
     return;
   }
   const int64_t N = rows.size(0), H = rows.size(1), hd = rows.size(2), S = cache.size(0), L = cache.size(2);
@@ -101,16 +104,29 @@ Tensor int_m1_forward(const Tensor& tokens, const Tensor& streams_in, const Tens
               tokens.sizes(), ", ", streams_in.sizes(), " and ", positions_in.sizes());
   const Tensor& wte = weights[0];
   TORCH_CHECK(wte.dim() == 2 && wte.scalar_type() == at::kInt, "wte must be int32 [V, C], got ", wte.sizes());
+  TORCH_CHECK(tokens.device() == wte.device() && streams_in.device() == wte.device() &&
+                  positions_in.device() == wte.device(),
+              "tokens, streams and positions must be on the weights' device ", wte.device());
   const int64_t N = tokens.size(0), C = wte.size(1), H = n_head;
   TORCH_CHECK(H >= 1 && C % H == 0, "n_head ", H, " must divide the width ", C);
   const int64_t hd = C / H;
+  for (int64_t i = 0; i < n_layer; ++i) {  // written before int_attention checks them
+    const Tensor &k = k_cache[i], &v = v_cache[i];
+    TORCH_CHECK(k.scalar_type() == at::kInt && k.dim() == 4 && k.size(1) == H && k.size(3) == hd &&
+                    k.is_contiguous() && v.sizes() == k.sizes() && v.scalar_type() == at::kInt && v.is_contiguous() &&
+                    k.device() == wte.device() && v.device() == wte.device(),
+                "the caches of layer ", i, " must be contiguous int32 [S, ", H, ", L, ", hd, "] on ", wte.device(),
+                ", got ", k.sizes(), " and ", v.sizes());
+  }
   const Tensor streams = streams_in.contiguous(), positions = positions_in.contiguous();
   const Tensor &cos = weights[5], &sin = weights[6];
   auto linear = [&](const Tensor& x, int64_t first) {
     return linear_op.call(x, weights[first], weights[first + 1], weights[first + 2]);
   };
 
-  Tensor x = wte.index_select(0, tokens.to(at::kLong)).contiguous();  // [N, C] Q16
+  // On a CPU index_select range-checks the tokens; elsewhere they are clamped (no value read back).
+  const Tensor token_rows = tokens.is_cpu() ? tokens.to(at::kLong) : tokens.to(at::kLong).clamp(0, wte.size(0) - 1);
+  Tensor x = wte.index_select(0, token_rows).contiguous();  // [N, C] Q16
   for (int64_t i = 0; i < n_layer; ++i) {
     const int64_t w = kGlobalWeights + kLayerWeights * i;  // norm1, norm2, qkv, proj, fc, fc_proj
     Tensor qkv = linear(norm_op.call(x, weights[w]), w + 2).view({N, 3, H, hd});

@@ -80,6 +80,12 @@ TORCH_LIBRARY(ncx, m) {
       "Tensor caps) -> (Tensor, Tensor, Tensor)");
 }
 
+#ifdef NCX_WITH_CUDA
+namespace ncx {
+std::string cuda_int8_gemm(int64_t device_index);  // csrc/cuda/int_m1_cuda.cpp
+}
+#endif
+
 // Importing ncx._C registers the ops; the module itself only tells Python the
 // size of each per-stream state (int64 words) and whether CUDA was built.
 PYBIND11_MODULE(_C, m) {
@@ -108,6 +114,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_level", &ncx::set_cpu_level, "Switch the CPU ops to another level (ValueError if unavailable).");
   m.def("cpu_int8_gemm", &ncx::cpu_int8_gemm, "The GEMM the CPU's int_linear uses at the current level.");
 #ifdef NCX_WITH_CUDA
+  m.def("cuda_int8_gemm", &ncx::cuda_int8_gemm, pybind11::arg("device_index") = 0,
+        "The GEMM the CUDA int_linear uses on that device (probes torch._int_mm once).");
   m.attr("WITH_CUDA") = true;
 #else
   m.attr("WITH_CUDA") = false;

@@ -44,7 +44,36 @@ def _device_of(dist: torch.Tensor, state: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: dist is on {dist.device} but the coder's state is on {state.device}")
 
 
-class StreamEncoder:
+class _BatchCoder:
+    """The status codes of a coder's steps. A step checks them at once (one
+    host synchronization on a GPU), or, with check=False, keeps each stream's
+    first non-zero code on the device until check_deferred(): a coding loop
+    then waits for the device only every few steps (ncx.model_coding)."""
+
+    _deferred: torch.Tensor | None = None
+
+    def _status(self, status: torch.Tensor, check: bool) -> None:
+        if check:
+            ops.check_status(status, "stream")
+        elif self._deferred is None:
+            self._deferred = status.clone()
+        else:
+            self._deferred = torch.where(self._deferred != 0, self._deferred, status)
+
+    def deferred_status(self) -> torch.Tensor | None:
+        """int32 [B]: each stream's first non-zero status code of the steps
+        taken with check=False since the last check_deferred() (None if none)."""
+        return self._deferred
+
+    def check_deferred(self) -> None:
+        """Raise NcxError (a ValueError) for the first stream whose deferred
+        status is not zero, naming the stream and what went wrong."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            ops.check_status(deferred, "stream")
+
+
+class StreamEncoder(_BatchCoder):
     """B independent arithmetic-coded streams, one symbol per stream per step.
 
     Each stream's code goes to a row of a [B, capacity] byte buffer. Use for
@@ -58,20 +87,22 @@ class StreamEncoder:
         self.state = ops.new_state("stream_encoder", batch, device)
         self.out = torch.zeros(batch, capacity_bytes, dtype=torch.uint8, device=device)
 
-    def step(self, dist: torch.Tensor, symbols: torch.Tensor, logits: bool = False) -> None:
+    def step(self, dist: torch.Tensor, symbols: torch.Tensor, logits: bool = False, check: bool = True) -> None:
         """dist [B, V] float32/bfloat16 probabilities (or logits), symbols [B]
-        int (a negative symbol leaves that stream untouched this step)."""
+        int (a negative symbol leaves that stream untouched this step).
+        check=False defers the status check (check_deferred)."""
         B = self.state.shape[0]
         V = ops.check_dist(dist, 2, f"[B={B}, V]")
         ops.check_precision(self.precision, V)
         ops.check_index(symbols, "symbols", (B,))
         _device_of(dist, self.state, "StreamEncoder.step")
         status = _ops.stream_encode_step(self.state, self.out, dist, symbols, self.precision, logits)
-        ops.check_status(status, "stream")
+        self._status(status, check)
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Terminates every stream. Returns (data uint8 [B, capacity], nbits int64 [B]);
-        the coder is reset for reuse."""
+        the coder is reset for reuse. Checks the deferred status first."""
+        self.check_deferred()
         nbits = _ops.stream_encode_finish(self.state, self.out)
         if bool((nbits == -2).any()):
             raise ValueError("StreamEncoder.finish: " + ops.STATUS_MESSAGES[9])
@@ -82,7 +113,7 @@ class StreamEncoder:
         return data, nbits
 
 
-class StreamDecoder:
+class StreamDecoder(_BatchCoder):
     """Decodes B streams produced by StreamEncoder / ops.encode, one symbol per
     active stream per step, given the same distributions the encoder saw."""
 
@@ -92,8 +123,10 @@ class StreamDecoder:
         self.data, self.nbits = data, nbits
         self.state = ops.new_state("stream_decoder", data.shape[0], data.device)
 
-    def step(self, dist: torch.Tensor, active: torch.Tensor | None = None, logits: bool = False) -> torch.Tensor:
-        """dist [B, V] -> symbols int64 [B] (-1 for inactive streams)."""
+    def step(self, dist: torch.Tensor, active: torch.Tensor | None = None, logits: bool = False,
+             check: bool = True) -> torch.Tensor:
+        """dist [B, V] -> symbols int64 [B] (-1 for inactive streams).
+        check=False defers the status check (check_deferred)."""
         B = self.state.shape[0]
         V = ops.check_dist(dist, 2, f"[B={B}, V]")
         ops.check_precision(self.precision, V)
@@ -103,7 +136,7 @@ class StreamDecoder:
         symbols, status = _ops.stream_decode_step(
             self.state, self.data, self.nbits, dist, active, self.precision, logits
         )
-        ops.check_status(status, "stream")
+        self._status(status, check)
         return symbols
 
 
@@ -126,7 +159,7 @@ class WindowStep:
     given_back: torch.Tensor
 
 
-class WindowEncoder:
+class WindowEncoder(_BatchCoder):
     """Equal-Info windows: B streams, each cut into windows of budget_bits bits
     that decode on their own (docs/design.md, "Equal-Info windows that always
     decode"; the rule, with the per-position window order that keeps its
@@ -146,7 +179,9 @@ class WindowEncoder:
         self.budget_bits, self.precision, self.max_symbols = budget_bits, precision, max_symbols
         self.state = ops.new_state("window_encoder", batch, device)
 
-    def step(self, dist: torch.Tensor, symbols: torch.Tensor, logits: bool = False) -> WindowStep:
+    def step(self, dist: torch.Tensor, symbols: torch.Tensor, logits: bool = False, check: bool = True) -> WindowStep:
+        """dist [B, V], symbols [B] (negative: stream idle) -> what each stream
+        did (WindowStep). check=False defers the status check (check_deferred)."""
         B = self.state.shape[0]
         V = ops.check_dist(dist, 2, f"[B={B}, V]")
         ops.check_precision(self.precision, V)
@@ -155,20 +190,21 @@ class WindowEncoder:
         event, codes, nsym, back, status = _ops.window_encode_step(
             self.state, dist, symbols, self.precision, logits, self.budget_bits, self.max_symbols
         )
-        ops.check_status(status, "stream")
+        self._status(status, check)
         return WindowStep(event, codes, nsym, back)
 
-    def finish(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def finish(self, active: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Closes the open window of each active stream (a document's end: its
         last symbol is EOS, where the decoder stops). Returns (has_window bool
         [B], codes uint8 [B, budget_bits // 8], window_symbols int32 [B]);
-        ValueError for a stream whose state is not a window encoder's."""
+        ValueError for a stream whose state is not a window encoder's.
+        check=False defers the status check (check_deferred)."""
         has, codes, nsym, status = _ops.window_encode_finish(self.state, active, self.budget_bits)
-        ops.check_status(status, "stream")
+        self._status(status, check)
         return has, codes, nsym
 
 
-class WindowDecoder:
+class WindowDecoder(_BatchCoder):
     """Decodes Equal-Info windows, one symbol per stream per step. A window
     ends when its cell leaves the current interval (the rule), when it has
     max_symbols symbols (M1's context cap, or an exception's stored count), or
@@ -190,9 +226,10 @@ class WindowDecoder:
             raise ValueError(f"codes must be uint8 [{B}, {nb}], got {codes.dtype} {list(codes.shape)}")
         _ops.window_decode_start(self.state, codes, mask, max_symbols, self.budget_bits)
 
-    def step(self, dist: torch.Tensor, logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, dist: torch.Tensor, logits: bool = False, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """dist [B, V] -> (symbols int64 [B], -1 where no symbol; ended bool [B],
-        true where the stream's window ended at this step)."""
+        true where the stream's window ended at this step). check=False defers
+        the status check (check_deferred)."""
         B = self.state.shape[0]
         V = ops.check_dist(dist, 2, f"[B={B}, V]")
         ops.check_precision(self.precision, V)
@@ -200,7 +237,7 @@ class WindowDecoder:
         symbols, ended, status = _ops.window_decode_step(
             self.state, dist, self.precision, logits, self.budget_bits, self.eos
         )
-        ops.check_status(status, "stream")
+        self._status(status, check)
         return symbols, ended
 
 

@@ -2,6 +2,8 @@
 (ncx.int_m1.IntM1Coder) coding paths of M1 share."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .byte_stream import BOS, VOCAB_SIZE
@@ -35,6 +37,7 @@ class KVCacheCoder:
         self.k_cache = [torch.zeros(0, H, 0, hd, dtype=cache_dtype, device=device) for _ in range(config.n_layer)]
         self.v_cache = [torch.zeros(0, H, 0, hd, dtype=cache_dtype, device=device) for _ in range(config.n_layer)]
         self.filled = torch.zeros(0, dtype=torch.int64, device=device)  # (N,) valid cache entries per stream
+        self._trusted = False  # inside trusted_inputs()
 
     def reserve(self, streams: int, length: int) -> None:
         """Make room for `streams` streams of `length` positions at once (a
@@ -51,6 +54,21 @@ class KVCacheCoder:
                 new[:N, :, :Lcap] = old
                 caches[i] = new
         self.filled = torch.cat([self.filled, self.filled.new_zeros(new_N - N)])
+
+    @contextlib.contextmanager
+    def trusted_inputs(self):
+        """For a coding loop that makes every step's tokens and positions itself
+        (ncx.model_coding): inside, a step reads no value back from the device,
+        so on a GPU it never waits for it. The checks of tokens and positions
+        are skipped (a token outside [0, 257), a stream that skips ahead or a
+        stream beyond the caches gives meaningless weights, not an error) and
+        the caches do not grow: the loop calls reserve() before positions
+        reach the cache's length."""
+        outer, self._trusted = self._trusted, True
+        try:
+            yield self
+        finally:
+            self._trusted = outer
 
     def _cache_length(self, length: int) -> int:
         """The cache length allocated to hold `length` positions."""
@@ -80,7 +98,8 @@ class KVCacheCoder:
         stream, or (B, C) for C consecutive positions per stream (row b feeds
         its C tokens at positions[b, 0], positions[b, 0] + 1, ...). Returns
         (tokens with BOS at position 0, positions, both int64 on the coder's
-        device, and the largest position)."""
+        device, and the largest position: inside trusted_inputs(), the last
+        position the caches hold, read from no value)."""
         if tokens.dim() not in (1, 2) or positions.shape != tokens.shape:
             raise ValueError(f"tokens and positions must be 1-D of the same length (or 2-D of the same shape), got "
                              f"{tuple(tokens.shape)} and {tuple(positions.shape)}")
@@ -90,11 +109,14 @@ class KVCacheCoder:
         tokens = tokens.to(self.device, torch.int64)
         positions = positions.to(self.device, torch.int64)
         first, last = (positions, positions) if positions.dim() == 1 else (positions[:, 0], positions[:, -1])
+        checked = torch.where(positions == 0, BOS, tokens)
+        if self._trusted:
+            self.filled[:B] = last + 1
+            return checked, positions, self.k_cache[0].shape[2] - 1
         if positions.dim() == 2 and positions.shape[1] > 1 and not bool((positions.diff(dim=1) == 1).all()):
             raise ValueError("the positions of a row must be consecutive")
         N = self.filled.shape[0]
         filled = self.filled[:B] if B <= N else torch.cat([self.filled, self.filled.new_zeros(B - N)])
-        checked = torch.where(positions == 0, BOS, tokens)
         jumped = first > filled
         lo_pos, hi_pos, lo_tok, hi_tok, n_jumped = torch.stack([
             first.min(), last.max(), checked.min(), checked.max(), jumped.sum()]).tolist() if B else (0, 0, 0, 0, 0)

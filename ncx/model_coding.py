@@ -17,6 +17,14 @@ length)`: the AC encoder tells it the size its state will reach.
 
 Equal-Info windows reset the context at each window; plain AC resets it every
 `max_symbols` symbols (the model's context length) inside one stream.
+
+The loops keep their state on the model's device (slots, positions, the next
+document, the records of closed windows) and wait for it only every
+GPU_SYNC_EVERY steps on a GPU (every step on a CPU, where waiting costs nothing):
+to learn whether anything is left, to check the coders' status codes, to make
+room in the model's caches and to gather what the steps produced. A model
+with `trusted_inputs()` (ncx.kv_cache.KVCacheCoder) then skips the checks of
+the tokens and positions the loop made, so a step on a GPU is launches only.
 """
 from __future__ import annotations
 
@@ -33,6 +41,10 @@ from .ops import max_encoded_bytes
 # large enough for efficient GEMMs, small enough that M1's activations stay
 # a few tens of MB.
 TEACHER_FORCED_ROWS = 2048
+# Steps between two waits for the device (module docstring), by device type:
+# a CPU waits for nothing, a GPU runs this many steps ahead of the host.
+SYNC_EVERY = {"cpu": 1}
+GPU_SYNC_EVERY = 16
 
 __all__ = [
     "ContextModel",
@@ -95,6 +107,100 @@ def _as_symbol_docs(docs) -> list[torch.Tensor]:
     return out
 
 
+class _Loop:
+    """A coding loop's waits for the device: every `every` steps (SYNC_EVERY,
+    by device type) wait() reads whether any stream is active and the
+    largest position in one transfer, checks the coders' deferred status codes,
+    makes room in the model's caches for the steps up to the next wait, and
+    compacts the rows recorded since the last one. Inside `with`, a model
+    that has trusted_inputs() runs without its own checks."""
+
+    def __init__(self, model, streams: int, device: torch.device, every: int | None = None):
+        self.model, self.streams = model, streams
+        self.every = every or SYNC_EVERY.get(device.type, GPU_SYNC_EVERY)
+        self.steps, self.room = 0, 0
+        trusted = getattr(model, "trusted_inputs", None)
+        self._context = trusted() if trusted is not None else None
+
+    def __enter__(self) -> "_Loop":
+        if self._context is not None:
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc)
+
+    def wait(self, active: torch.Tensor | None = None, positions: torch.Tensor | int = 0, coders=(),
+             rows=()) -> bool:
+        """At a wait step: whether the loop is done (no stream in `active`
+        left; never, without it), after raising for a coder's bad status,
+        compacting `rows` and making room for the positions up to `every` past
+        the largest of `positions` now. Between waits: False, reading nothing."""
+        self.steps += 1
+        if (self.steps - 1) % self.every:
+            return False
+        deferred = [c for c in coders if c.deferred_status() is not None]
+        flags = [c.deferred_status().ne(0).any() for c in deferred]
+        if active is not None:
+            flags.append(active.any())
+        if isinstance(positions, torch.Tensor):
+            flags.append(positions.max() if positions.numel() else positions.new_zeros(()))
+        values = torch.stack([f.long() for f in flags]).tolist() if flags else []
+        for coder, bad in zip(deferred, values):
+            if bad:
+                coder.check_deferred()
+        for r in rows:
+            r.compact()
+        top = values[-1] if isinstance(positions, torch.Tensor) else positions
+        self._make_room(top + self.every)
+        return active is not None and not values[len(deferred)]
+
+    def _make_room(self, positions: int) -> None:
+        """Caches that hold `positions` positions (doubling, at most the context)."""
+        if self._context is None or positions <= self.room:
+            return
+        self.room = min(max(16, 1 << (positions - 1).bit_length()), self.model.max_symbols + 1)
+        self.model.reserve(self.streams, self.room)
+
+
+class _Rows:
+    """Rows a loop records at each step for the streams of a mask, kept on the
+    device and compacted only when the loop waits anyway (_Loop.wait)."""
+
+    def __init__(self):
+        self._steps: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
+        self._kept: list[list[torch.Tensor]] = []
+
+    def add(self, mask: torch.Tensor, *columns: torch.Tensor) -> None:
+        self._steps.append((mask, columns))
+
+    def compact(self) -> None:
+        if not self._steps:
+            return
+        keep = torch.nonzero(torch.cat([m for m, _ in self._steps])).flatten()
+        width = len(self._steps[0][1])
+        self._kept.append([torch.cat([cols[i] for _, cols in self._steps])[keep] for i in range(width)])
+        self._steps = []
+
+    def columns(self) -> list[torch.Tensor] | None:
+        """Every recorded row in step order, per column, on the CPU (None if none)."""
+        self.compact()
+        if not self._kept:
+            return None
+        return [torch.cat([part[i] for part in self._kept]).cpu() for i in range(len(self._kept[0]))]
+
+
+def _take_next(free: torch.Tensor, slot_item: torch.Tensor, next_item: torch.Tensor, n: int):
+    """Continuous batching on the device: free slots take the next items (ids
+    next_item, next_item + 1, ... below n) in slot order. Returns (the new
+    slot_item with -1 for slots left empty, the slots that took one, next_item)."""
+    new = next_item + torch.cumsum(free, 0) - 1
+    take = free & (new < n)
+    slot_item = torch.where(free, torch.where(take, new, -1), slot_item)
+    return slot_item, take, next_item + take.sum()
+
+
 def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, eos: int,
                    batch: int = 256) -> list[EncodedWindows]:
     """Equal-Info encode each document (bytes or int tensor of symbols < V,
@@ -103,8 +209,10 @@ def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, 
     if eos is None:
         raise ValueError("encode_windows needs eos: a document's last window ends at its EOS symbol")
     docs = _as_symbol_docs(docs)
+    if not docs:
+        return []
     device = _model_device(model)
-    q = _DocQueue(docs, eos, device)
+    q = _DocQueue(docs, eos, device)  # every document has a symbol at least: its EOS
     B = max(1, min(batch, len(docs)))
     enc = WindowEncoder(B, budget_bits, precision, model.max_symbols, device)
     slot_doc = torch.full((B,), -1, dtype=torch.int64, device=device)
@@ -112,59 +220,41 @@ def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, 
     end = torch.zeros(B, dtype=torch.int64, device=device)
     wlen = torch.zeros(B, dtype=torch.int64, device=device)
     tokens = torch.full((B,), model.bos, dtype=torch.int64, device=device)
-    records = []  # (doc ids, codes, window symbols, exception flags), in step order
-
-    def refill(free: torch.Tensor) -> None:
-        slots = torch.nonzero(free).flatten()
-        ids = q.take(len(slots)).to(device)
-        slot_doc[slots] = -1
-        if len(ids):
-            s = slots[: len(ids)]
-            slot_doc[s], pos[s], end[s] = ids, q.start[ids], q.end[ids]
-        wlen[slots] = 0
-        tokens[slots] = model.bos
-
-    refill(torch.ones(B, dtype=torch.bool, device=device))
-    # A document with no symbols at all (no EOS) has no windows.
-    empty = (slot_doc >= 0) & (pos == end)
-    while True:
-        while bool(empty.any()):
-            refill(empty)
-            empty = (slot_doc >= 0) & (pos == end)
-        active = slot_doc >= 0
-        if not bool(active.any()):
-            break
-        dist = model(tokens, wlen)
-        sym = torch.where(active, q.flat[pos.clamp(max=max(len(q.flat) - 1, 0))], torch.full_like(pos, -1))
-        step = enc.step(dist, sym, logits=model.logits)
-        taken = step.event == 0
-        closed = step.event >= 1
-        if bool(closed.any()):
-            idx = torch.nonzero(closed).flatten()
-            records.append((slot_doc[idx], step.codes[idx], step.window_symbols[idx], step.event[idx] == 2,
-                            step.given_back[idx]))
-        back = torch.where(closed, step.given_back.to(torch.int64), torch.zeros_like(pos))
-        pos = pos + taken.to(torch.int64) - back
-        wlen = torch.where(taken, wlen + 1, torch.zeros_like(wlen))
-        tokens = torch.where(taken, sym, torch.full_like(sym, model.bos))
-        done = active & (pos == end)
-        if bool(done.any()):
-            has, codes, nsym = enc.finish(done)
-            idx = torch.nonzero(has).flatten()
-            none = torch.zeros(len(idx), dtype=torch.int32, device=device)
-            records.append((slot_doc[idx], codes[idx], nsym[idx], none.bool(), none))
-            refill(done)
-            empty = (slot_doc >= 0) & (pos == end)
-    return _group_windows(records, len(docs), budget_bits // 8)
+    next_doc = torch.zeros((), dtype=torch.int64, device=device)
+    free = torch.ones(B, dtype=torch.bool, device=device)
+    last_symbol = len(q.flat) - 1
+    # (doc id, code, window symbols, exception flag, given back) of each window, in step order
+    windows = _Rows()
+    with _Loop(model, B, device) as loop:
+        while True:
+            slot_doc, took, next_doc = _take_next(free, slot_doc, next_doc, q.n)
+            doc = slot_doc.clamp(min=0)
+            pos, end = torch.where(took, q.start[doc], pos), torch.where(took, q.end[doc], end)
+            wlen = torch.where(free, 0, wlen)
+            tokens = torch.where(free, model.bos, tokens)
+            active = slot_doc >= 0
+            if loop.wait(active, wlen, (enc,), (windows,)):
+                break
+            dist = model(tokens, wlen)
+            sym = torch.where(active, q.flat[pos.clamp(max=last_symbol)], -1)
+            step = enc.step(dist, sym, logits=model.logits, check=False)
+            taken = step.event == 0
+            closed = step.event >= 1
+            windows.add(closed, slot_doc, step.codes, step.window_symbols, step.event == 2, step.given_back)
+            pos = pos + taken.to(torch.int64) - torch.where(closed, step.given_back.to(torch.int64), 0)
+            wlen = torch.where(taken, wlen + 1, 0)
+            tokens = torch.where(taken, sym, model.bos)
+            free = active & (pos == end)
+            has, codes, nsym = enc.finish(free, check=False)
+            none = torch.zeros(B, dtype=torch.int32, device=device)
+            windows.add(has, slot_doc, codes, nsym, none.bool(), none)
+    enc.check_deferred()
+    return _group_windows(windows.columns(), len(docs), budget_bits // 8)
 
 
-def _group_windows(records, n_docs: int, nb: int) -> list[EncodedWindows]:
-    if records:
-        doc = torch.cat([r[0] for r in records]).cpu()
-        codes = torch.cat([r[1] for r in records]).cpu()
-        nsym = torch.cat([r[2] for r in records]).cpu()
-        exc = torch.cat([r[3] for r in records]).cpu()
-        back = torch.cat([r[4] for r in records]).cpu()
+def _group_windows(columns, n_docs: int, nb: int) -> list[EncodedWindows]:
+    if columns is not None:
+        doc, codes, nsym, exc, back = columns
         order = torch.sort(doc, stable=True).indices
         doc, codes, nsym, exc, back = doc[order], codes[order], nsym[order], exc[order], back[order]
     else:
@@ -197,7 +287,6 @@ def decode_windows(encoded: Sequence[EncodedWindows], model: ContextModel, budge
     counts = torch.tensor([len(e.codes) for e in encoded], dtype=torch.int64)
     units = int(counts.sum())
     all_codes = torch.cat([e.codes.reshape(-1, nb) for e in encoded]).to(device) if units else None
-    unit_doc = torch.repeat_interleave(torch.arange(n), counts)
     caps = torch.full((units,), model.max_symbols, dtype=torch.int64)
     first = torch.cumsum(counts, 0) - counts
     for d, e in enumerate(encoded):
@@ -208,41 +297,33 @@ def decode_windows(encoded: Sequence[EncodedWindows], model: ContextModel, budge
     caps = caps.to(device)
     B = max(1, min(batch, units))
     dec = WindowDecoder(B, budget_bits, precision, eos if eos is not None else -1, device)
+    stop = eos if eos is not None else -2  # the symbol that ends a unit early
     slot_unit = torch.full((B,), -1, dtype=torch.int64, device=device)
     wlen = torch.zeros(B, dtype=torch.int64, device=device)
     tokens = torch.full((B,), model.bos, dtype=torch.int64, device=device)
-    next_unit = 0
-    out_unit, out_sym = [], []
+    next_unit = torch.zeros((), dtype=torch.int64, device=device)
     free = torch.ones(B, dtype=torch.bool, device=device)
-    while True:
-        slots = torch.nonzero(free).flatten()
-        k = min(len(slots), units - next_unit)
-        slot_unit[slots] = -1
-        if k:
-            s = slots[:k]
-            slot_unit[s] = torch.arange(next_unit, next_unit + k, device=device)
-            next_unit += k
-            mask = torch.zeros(B, dtype=torch.bool, device=device)
-            mask[s] = True
-            idx = slot_unit.clamp(min=0)
-            dec.start(all_codes[idx], mask, torch.where(mask, caps[idx], torch.zeros_like(idx)))
-            wlen[s] = 0
-            tokens[s] = model.bos
-        active = slot_unit >= 0
-        if not bool(active.any()):
-            break
-        dist = model(tokens, wlen)
-        sym, ended = dec.step(dist, logits=model.logits)
-        got = active & (sym >= 0)
-        if bool(got.any()):
-            idx = torch.nonzero(got).flatten()
-            out_unit.append(slot_unit[idx])
-            out_sym.append(sym[idx])
-        wlen = torch.where(got, wlen + 1, wlen)
-        tokens = torch.where(got, sym, tokens)
-        free = active & (ended | (got & (sym == (eos if eos is not None else -2))))
+    symbols = _Rows()  # (unit, symbol) in decoding order
+    with _Loop(model, B, device) as loop:
+        while units:
+            slot_unit, took, next_unit = _take_next(free, slot_unit, next_unit, units)
+            unit = slot_unit.clamp(min=0)
+            dec.start(all_codes[unit], took, torch.where(took, caps[unit], 0))
+            wlen = torch.where(took, 0, wlen)
+            tokens = torch.where(took, model.bos, tokens)
+            active = slot_unit >= 0
+            if loop.wait(active, wlen, (dec,), (symbols,)):
+                break
+            dist = model(tokens, wlen)
+            sym, ended = dec.step(dist, logits=model.logits, check=False)
+            got = active & (sym >= 0)
+            symbols.add(got, slot_unit, sym)
+            wlen = torch.where(got, wlen + 1, wlen)
+            tokens = torch.where(got, sym, tokens)
+            free = active & (ended | (got & (sym == stop)))
+    dec.check_deferred()
     # Each unit's symbols in decoding order, units in document and window order.
-    per_unit = _group_symbols(out_unit, out_sym, units)
+    per_unit = _group_symbols(symbols.columns(), units)
     docs = []
     for d in range(n):
         parts = per_unit[int(first[d]): int(first[d] + counts[d])]
@@ -254,11 +335,10 @@ def decode_windows(encoded: Sequence[EncodedWindows], model: ContextModel, budge
     return docs
 
 
-def _group_symbols(out_doc, out_sym, n: int) -> list[torch.Tensor]:
-    if not out_doc:
+def _group_symbols(columns, n: int) -> list[torch.Tensor]:
+    if columns is None:
         return [torch.zeros(0, dtype=torch.int64) for _ in range(n)]
-    doc = torch.cat(out_doc).cpu()
-    sym = torch.cat(out_sym).cpu()
+    doc, sym = columns
     order = torch.sort(doc, stable=True).indices
     doc, sym = doc[order], sym[order]
     return list(torch.split(sym, torch.bincount(doc, minlength=n).tolist()))
@@ -294,19 +374,22 @@ def encode_streams(docs, model: ContextModel, precision: int, eos: int | None, b
             model.reserve(len(ids), min(T, model.max_symbols))
         enc = StreamEncoder(len(ids), max_encoded_bytes(T, precision), precision, device)
         t = 0
-        while t < T:
-            # A block of positions inside one context (never across a restart),
-            # or one position for a model without steps().
-            n = 1 if steps is None else min(max(1, TEACHER_FORCED_ROWS // len(ids)), T - t,
-                                            model.max_symbols - t % model.max_symbols)
-            tokens, positions = _block_inputs(sym, t, n, model)
-            if steps is None:
-                dists = model(tokens[:, 0], positions[:, 0]).unsqueeze(1)  # [B, 1, V]
-            else:
-                dists = steps(tokens, positions)  # [B, n, V]
-            for c in range(n):  # the coder takes the rows where they are (any stride between streams)
-                enc.step(dists[:, c], sym[:, t + c], logits=model.logits)
-            t += n
+        with _Loop(model, len(ids), device) as loop:
+            loop.room = min(T, model.max_symbols)  # reserved above
+            while t < T:
+                # A block of positions inside one context (never across a restart),
+                # or one position for a model without steps().
+                n = 1 if steps is None else min(max(1, TEACHER_FORCED_ROWS // len(ids)), T - t,
+                                                model.max_symbols - t % model.max_symbols)
+                tokens, positions = _block_inputs(sym, t, n, model)
+                if steps is None:
+                    dists = model(tokens[:, 0], positions[:, 0]).unsqueeze(1)  # [B, 1, V]
+                else:
+                    dists = steps(tokens, positions)  # [B, n, V]
+                for c in range(n):  # the coder takes the rows where they are (any stride between streams)
+                    enc.step(dists[:, c], sym[:, t + c], logits=model.logits, check=False)
+                t += n
+                loop.wait(coders=(enc,))
         data, nbits = enc.finish()
         data, nbits = data.cpu(), nbits.cpu()
         for r, i in enumerate(ids):
@@ -366,18 +449,20 @@ def decode_streams(encoded: Sequence[tuple[torch.Tensor, int]], model: ContextMo
         dec = StreamDecoder(data.to(device), nbits.to(device), precision)
         active = limit > 0
         prev = torch.zeros(len(ids), dtype=torch.int64, device=device)
-        hist = []
+        hist = []  # int16: a symbol or -1, for every stream at every step
         t = 0
-        while bool(active.any()):
-            dist = model(*_stream_inputs(prev, t, model))
-            sym = dec.step(dist, active, logits=model.logits)
-            hist.append(sym)
-            prev = torch.where(active, sym, prev)
-            t += 1
-            if eos is not None:
-                active &= sym != eos
-            active &= limit > t
-        seqs = torch.stack(hist, 1).cpu() if hist else torch.zeros(len(ids), 0, dtype=torch.int64)
+        with _Loop(model, len(ids), device) as loop:
+            while not loop.wait(active, t % model.max_symbols, (dec,)):
+                dist = model(*_stream_inputs(prev, t, model))
+                sym = dec.step(dist, active, logits=model.logits, check=False)
+                hist.append(sym.to(torch.int16))
+                prev = torch.where(active, sym, prev)
+                t += 1
+                if eos is not None:
+                    active &= sym != eos
+                active &= limit > t
+        dec.check_deferred()
+        seqs = torch.stack(hist, 1).cpu().long() if hist else torch.zeros(len(ids), 0, dtype=torch.int64)
         for r, i in enumerate(ids):
             row = seqs[r][seqs[r] >= 0]
             if eos is not None:

@@ -76,7 +76,8 @@ def build_info() -> str:
     CUDA. `python -m ncx` and `ncx inspect` print it."""
     from . import __version__
 
-    cuda = ("built, " + (f"{torch.cuda.device_count()} device(s)" if torch.cuda.is_available() else "no device")
+    cuda = ("built, " + (f"{torch.cuda.device_count()} device(s), int8 GEMM: {_C.cuda_int8_gemm()}"
+                         if torch.cuda.is_available() else "no device")
             if _C.WITH_CUDA else "not built")
     return (f"ncx {__version__}, torch {torch.__version__}\n"
             f"CPU kernels: {cpu_level()} (this CPU and build run: {', '.join(cpu_levels())}; "

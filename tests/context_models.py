@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import reference_coder as ref
+from ncx.m1 import M1, preset
 
 
 @dataclass
@@ -250,3 +251,15 @@ def random_rows(kind: str, rows: int, V: int, rng: np.random.Generator) -> tuple
 
 
 KINDS = ["dirichlet", "unnormalized", "tiny", "peaked", "ties", "bf16", "logits", "logits_wide", "logits_bf16"]
+
+
+def peaky_m1(seed: int = 0, context: int = 64) -> M1:
+    """A random tiny M1 with weights large enough for peaked, varied
+    distributions (an untrained M1 at its init is nearly uniform)."""
+    torch.manual_seed(seed)
+    model = M1(preset("tiny", context=context))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    return model.eval()

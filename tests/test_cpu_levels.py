@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 import torch
 
+import context_models as cm
 import int_reference as ref
 from ncx import _C, ops
 from ncx.int_m1 import quantize_m1
-from ncx.m1 import M1, preset
 from ncx.methods import ACMethod, EqualInfoACMethod
 from ncx.window_vocab import WindowVocab
 
@@ -217,13 +217,7 @@ def test_decoder_finds_symbols_at_block_edges_at_every_level(at_level, V):
 
 
 def _peaky_int_m1():
-    torch.manual_seed(3)
-    model = M1(preset("tiny", context=64))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(6.0)
-    return quantize_m1(model.eval())
+    return quantize_m1(cm.peaky_m1(3))
 
 
 @pytest.mark.parametrize("method_cls, kw", [(ACMethod, {}), (EqualInfoACMethod, {"b": 16}),

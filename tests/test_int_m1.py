@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import context_models as cm
 import int_reference as ref
 from ncx import model_coding, ops
 from ncx.int_m1 import (
@@ -28,27 +29,15 @@ from ncx.int_m1 import (
     quantize_m1,
     save_int_m1,
 )
-from ncx.m1 import BOS, M1, preset, save_m1
+from ncx.m1 import BOS, M1, save_m1
 from ncx.m1_loader import load_m1_coder
 from ncx.methods import ACMethod, EqualInfoACMethod, method_from_spec
 from ncx.train_m1 import heldout_bits_per_byte
 
 
-def _peaky_m1(seed: int = 0, context: int = 64) -> M1:
-    """A random tiny M1 with weights large enough for peaked, varied
-    distributions (an untrained M1 at its init is nearly uniform)."""
-    torch.manual_seed(seed)
-    model = M1(preset("tiny", context=context))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(6.0)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def float_m1() -> M1:
-    return _peaky_m1()
+    return cm.peaky_m1()
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +279,8 @@ def test_one_op_forward_rejects_bad_arguments(int_m1):
         ops.int_m1_forward(one, one + 2, one, w, cache, cache, c.n_head)
     with pytest.raises(RuntimeError, match="outside the cache"):
         ops.int_m1_forward(one, one, one + 4, w, cache, cache, c.n_head)
+    with pytest.raises(RuntimeError, match="caches of layer 0 must be"):
+        ops.int_m1_forward(one, one, one, w, [cache[0][:, :, :, :1].contiguous()] + cache[1:], cache, c.n_head)
     with pytest.raises(RuntimeError, match="1-D of one length"):
         ops.int_m1_forward(one, one.int(), one, w, cache, cache, c.n_head)
 

@@ -3,7 +3,8 @@ the CPU's integers exactly: int_linear, int_rms_norm, int_rope, int_attention
 and int_coder_weights on fresh random inputs of several shapes (N = 1, fan-ins
 that are not a multiple of 4 or 16, misaligned weights, head dims 64 and 32,
 caches up to L = 1024 with mixed positions and shuffled streams), zero rows and
-values at the saturation limits. Skipped without a GPU and a CUDA build of ncx."""
+values at the saturation limits, and int_linear on the shapes where torch._int_mm
+computes its products. Skipped without a GPU and a CUDA build of ncx."""
 from __future__ import annotations
 
 import pytest
@@ -122,6 +123,21 @@ def test_int_linear_non_contiguous_and_saturating():
     m = torch.randint(1, 2**15 + 1, (19,), generator=g, dtype=torch.int32)
     s = torch.randint(0, 40, (19,), generator=g, dtype=torch.int32)
     check_linear(x, w, m, s, "int_linear extreme inputs")
+
+
+@pytest.mark.parametrize("N,K,D", [(17, 64, 8), (64, 256, 768), (8192, 256, 1024), (8192, 1024, 256),
+                                   (300, 256, 768)])
+def test_int_linear_identical_on_int_mm_shapes(N, K, D, record_property):
+    """Shapes torch._int_mm takes (the integer M1's, at a GPU's batch sizes):
+    where the probe found it exact it computes the products, else the kernel
+    does; either way the CPU's integers. Saturated rows of +-127 products."""
+    gemm = _C.cuda_int8_gemm()
+    record_property("cuda_int8_gemm", gemm)
+    g = gen(4000 + N + K + D)
+    x, w, m, s = linear_args(g, N, K, D)
+    x[5] = I32_MAX  # every product +127 * +-127: sums far past 16 bits
+    w[4] = -127
+    check_linear(x, w, m, s, f"int_linear ({gemm}) N={N} K={K} D={D}")
 
 
 # ---------------------------------------------------------------- int_rms_norm

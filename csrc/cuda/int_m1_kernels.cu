@@ -193,6 +193,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The dequantization of int_linear_gemm_kernel's epilogue, for sums another GEMM made.
+__global__ void __launch_bounds__(kThreads)
+    int_linear_dequantize_kernel(const int32_t* __restrict__ acc, const int32_t* __restrict__ rs,
+                                 const int32_t* __restrict__ multiplier, const int32_t* __restrict__ shift,
+                                 int64_t N, int64_t D, int32_t* __restrict__ out) {
+  const int64_t total = N * D, stride = int64_t(gridDim.x) * kThreads;
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += stride) {
+    const int64_t n = i / D, d = i - n * D;
+    out[i] = dequantize(acc[i], RowScale{rs[2 * n], rs[2 * n + 1]}, multiplier[d], shift[d]);
+  }
+}
+
 // ------------------------------------------------------------ int_rms_norm
 __global__ void __launch_bounds__(kThreads)
     int_rms_norm_kernel(const int32_t* __restrict__ x, const int32_t* __restrict__ gain, int64_t N, int64_t C,
@@ -316,12 +328,25 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
+void launch_int_linear_quantize(const int32_t* x, int64_t N, int64_t K, int8_t* q, int32_t* rs,
+                                cudaStream_t stream) {
+  if (N == 0) return;
+  int_linear_quantize_kernel<<<grid_for(N), kThreads, 0, stream>>>(x, N, K, int_linear_padded_k(K), q, rs);
+}
+
+void launch_int_linear_dequantize(const int32_t* acc, const int32_t* rs, const int32_t* multiplier,
+                                  const int32_t* shift, int64_t N, int64_t D, int32_t* out, cudaStream_t stream) {
+  if (N == 0 || D == 0) return;
+  int_linear_dequantize_kernel<<<grid_for((N * D + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+      acc, rs, multiplier, shift, N, D, out);
+}
+
 void launch_int_linear(const int32_t* x, const int8_t* weight, const int32_t* multiplier, const int32_t* shift,
                        int64_t N, int64_t K, int64_t D, int8_t* q_scratch, int32_t* rs_scratch, int32_t* out,
                        cudaStream_t stream) {
   if (N == 0 || D == 0 || K == 0) return;
   const int64_t Kp = int_linear_padded_k(K);
-  int_linear_quantize_kernel<<<grid_for(N), kThreads, 0, stream>>>(x, N, K, Kp, q_scratch, rs_scratch);
+  launch_int_linear_quantize(x, N, K, q_scratch, rs_scratch, stream);
   const int64_t d_tiles = (D + kTileD - 1) / kTileD;
   const dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned(d_tiles < 65535 ? d_tiles : 65535));
   const uintptr_t wa = reinterpret_cast<uintptr_t>(weight);

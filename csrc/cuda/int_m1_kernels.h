@@ -31,6 +31,17 @@ void launch_int_linear(const int32_t* x,           // [N, K] activations (Q16)
                        int32_t* out,               // [N, D] output (Q16)
                        cudaStream_t stream);
 
+// The two ends of int_linear around another GEMM (torch._int_mm): each row of
+// x quantized to int8 into q [N, int_linear_padded_k(K)] (zero padding) with
+// its RowScale into rs [N, 2]; and out[n, d] = dequantize(acc[n, d], ...).
+void launch_int_linear_quantize(const int32_t* x, int64_t N, int64_t K, int8_t* q, int32_t* rs,
+                                cudaStream_t stream);
+void launch_int_linear_dequantize(const int32_t* acc,         // [N, D] int32 sums of int8 products
+                                  const int32_t* rs,          // [N, 2] row scales
+                                  const int32_t* multiplier,  // [D]
+                                  const int32_t* shift,       // [D]
+                                  int64_t N, int64_t D, int32_t* out, cudaStream_t stream);
+
 // out[n, c] = norm_apply(x[n, c] scaled, gain[c], rms of the scaled row n).
 void launch_int_rms_norm(const int32_t* x,     // [N, C] activations (Q16)
                          const int32_t* gain,  // [C] gain (Q16)
