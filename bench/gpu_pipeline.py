@@ -15,12 +15,14 @@ there are 2 x --streams of them by default (--bytes sets the total instead).
 Stages, each in its own try/except (a failing stage is reported as failed and the next runs):
   a. AC: ncx.methods.ACMethod with the integer M1, batch = --streams;
   b. EqualInfoAC b=32 with M1 in the loop (encode: WindowEncoder; decode: every window alone);
+     then, on a GPU, the same again with each M1 step replayed from a CUDA graph
+     (IntM1Coder(cuda_graphs=True)): what graphs save over the one-op forward's ~100 launches;
   c. window vocabulary b=16: build_window_vocab (all 65,536 lone windows through M1), its time;
   d. b=24 vocabulary: bench/vocab_build.py's b24_estimate, which decodes slices of 65,536
      consecutive codes as the build does and scales the time up to all 2^24 (an estimate);
   e. EqualInfoAC b=16 through the vocabulary of (c): native longest match / lookup on the CPU.
 
-(a), (b), (e) code the documents in chunks of --streams documents (each chunk: encode, decode,
+(a), (b) (both), (e) code the documents in chunks of --streams documents (each chunk: encode, decode,
 check decoded == input) and stop between chunks once the next one would end past --budget-s
 (measured from the stage's start); whatever the budget, a stage is aborted inside a chunk at
 2 x --budget-s (raised from the M1 wrapper; status "capped", figures of the chunks done), so no
@@ -71,8 +73,9 @@ from methods_table import CoderClock, TimedModel  # noqa: E402
 from peers import provenance  # noqa: E402
 
 HARD_CAP_FACTOR = 2.0  # a stage is aborted inside a chunk at this many times --budget-s
-STAGES = ("ac", "eqinfo_b32", "vocab_b16_build", "vocab_b24_estimate", "eqinfo_b16_vocab")
-LABELS = {"ac": "AC (M1)", "eqinfo_b32": "EqualInfoAC b=32 (M1)", "vocab_b16_build": "vocab build b=16",
+STAGES = ("ac", "eqinfo_b32", "eqinfo_b32_graphs", "vocab_b16_build", "vocab_b24_estimate", "eqinfo_b16_vocab")
+LABELS = {"ac": "AC (M1)", "eqinfo_b32": "EqualInfoAC b=32 (M1)", "eqinfo_b32_graphs": "  same, M1 in CUDA graphs",
+          "vocab_b16_build": "vocab build b=16",
           "vocab_b24_estimate": "vocab build b=24 (est.)", "eqinfo_b16_vocab": "EqualInfoAC b=16 (vocab)"}
 
 
@@ -367,7 +370,7 @@ def table(r: dict) -> str:
              f"{c['documents']:,} docs x {c['doc_bytes']} B = {c['text_bytes'] / 1e6:.3f} MB, budget {c['budget_s']:g} s/stage",
              f"  {'stage':<26} {'status':<7} {'enc MB/s':>9} {'dec MB/s':>9} {'enc ms/st':>9} {'dec ms/st':>9}"
              f"  {'enc M1/coder/drv %':>18}  {'dec M1/coder/drv %':>18}  exact"]
-    codecs = ("ac", "eqinfo_b32", "eqinfo_b16_vocab")
+    codecs = ("ac", "eqinfo_b32", "eqinfo_b32_graphs", "eqinfo_b16_vocab")
     shares = lambda p: (f"{_pct(p.get('m1_share'))}/{_pct(p.get('coder_share'))}/{_pct(p.get('driver_share'))}"  # noqa: E731
                         if p and p.get("m1_share") is not None else "-")
     for name in STAGES:
@@ -413,6 +416,7 @@ def table(r: dict) -> str:
         if cut and cut["steps"]:
             m1 = f", M1 {_pct(cut['m1_s'] / cut['wall_s'])} %" if cut.get("profiled") and cut["wall_s"] else ""
             lines.append(f"  {'':<26} the phase cut short: {cut['steps']} steps, {cut['ms_per_step']:.2f} ms/step{m1}")
+    lines.append(f"  int_linear products: {r['int8_gemm']}")
     lines.append(f"  wall {r['wall_s']:.0f} s, {r['date']}, commit {r['provenance'].get('git_commit', '')[:10]}")
     return "\n".join(lines)
 
@@ -460,7 +464,9 @@ def main(argv=None) -> int:
          "torch": torch.__version__, "python": platform.python_version(),
          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
          "ncx_with_cuda": bool(getattr(_C, "WITH_CUDA", False)), "cpu_threads": torch.get_num_threads(),
-         "provenance": provenance(), "stages": {}}
+         "provenance": provenance(), "stages": {},
+         "int8_gemm": (_C.cpu_int8_gemm() if not cuda else _C.cuda_int8_gemm(torch.cuda.current_device())
+                       if getattr(_C, "WITH_CUDA", False) else "none: ncx was built without CUDA")}
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
@@ -511,6 +517,12 @@ def main(argv=None) -> int:
         res, lambda c: methods.ACMethod(c, batch=streams), model.coder, docs, streams, budget_s, sync))
     run_stage("eqinfo_b32", lambda res: codec_stage(
         res, lambda c: methods.EqualInfoACMethod(c, b=32, batch=streams), model.coder, docs, streams, budget_s, sync))
+    if cuda:  # the same stage with each M1 step replayed from a CUDA graph (IntM1Coder's cuda_graphs)
+        run_stage("eqinfo_b32_graphs", lambda res: codec_stage(
+            res, lambda c: methods.EqualInfoACMethod(c, b=32, batch=streams),
+            lambda: model.coder(cuda_graphs=True), docs, streams, budget_s, sync))
+    elif "eqinfo_b32_graphs" in wanted:
+        r["stages"]["eqinfo_b32_graphs"] = {"status": "skipped", "error": "CUDA graphs need a CUDA device"}
     vocab = run_stage("vocab_b16_build", lambda res: vocab_build_stage(res, model.coder(), budget_s, sync))
     run_stage("vocab_b24_estimate", lambda res: vocab_b24_stage(
         res, model.coder(), b24_slices, budget_s, sync))

@@ -136,8 +136,8 @@ class IntM1:
         return IntM1(self.config, {k: v.to(device) for k, v in self.tensors.items()}, self.source_hash,
                      self.calibration)
 
-    def coder(self) -> "IntM1Coder":
-        return IntM1Coder(self)
+    def coder(self, cuda_graphs: bool = False) -> "IntM1Coder":
+        return IntM1Coder(self, cuda_graphs)
 
     @property
     def flat_weights(self) -> list[torch.Tensor]:
@@ -199,23 +199,35 @@ class IntM1Coder(KVCacheCoder):
     ncx.model_coding (see KVCacheCoder) with `coder(tokens, positions)` ->
     float32 (B, 257) unnormalized probabilities that are exact integers (the
     largest is 2**22). They are bit-identical on every device, for every batch
-    composition, and equal to IntM1.window_weights of the same window."""
+    composition, and equal to IntM1.window_weights of the same window.
+
+    cuda_graphs (a model on a CUDA device): inside trusted_inputs(), that is in
+    ncx.model_coding's loops, each step's forward is replayed from a CUDA graph
+    captured at its first call of that row count: one launch instead of about
+    a hundred (_CapturedForwards)."""
 
     logits = False
     arithmetic = "integer"
 
-    def __init__(self, model: IntM1):
+    def __init__(self, model: IntM1, cuda_graphs: bool = False):
         super().__init__(model.config, model.device, torch.int32)
+        if cuda_graphs and model.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs the integer M1 on a CUDA device, it is on {model.device}")
         self.model = model
         self.weights_hash = model.weights_hash
+        self.graphs = _CapturedForwards(model) if cuda_graphs else None
+
+    def _forward(self, tokens: torch.Tensor, streams: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self.graphs is not None and self._trusted:
+            return self.graphs.run(tokens, streams, positions, self.k_cache, self.v_cache)
+        return self.model.forward_rows(tokens, streams, positions, self.k_cache, self.v_cache)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tokens, positions: integer (B,) -> float32 (B, 257) integer weights."""
         checked, positions, _ = self._begin_step(tokens, positions)
         streams = torch.arange(checked.shape[0], device=self.device)
-        weights = self.model.forward_rows(checked, streams, positions, self.k_cache, self.v_cache)
-        return weights.float()
+        return self._forward(checked, streams, positions).float()
 
     __call__ = step
 
@@ -232,9 +244,54 @@ class IntM1Coder(KVCacheCoder):
         checked, positions, _ = self._begin_step(tokens, positions)
         B, C = checked.shape
         streams = torch.arange(B, device=self.device).repeat_interleave(C)
-        weights = self.model.forward_rows(checked.reshape(-1), streams, positions.reshape(-1), self.k_cache,
-                                          self.v_cache)
+        weights = self._forward(checked.reshape(-1), streams, positions.reshape(-1))
         return weights.view(B, C, -1).float()
+
+
+class _CapturedForwards:
+    """IntM1.forward_rows captured in CUDA graphs, one per row count, and
+    replayed with each step's tokens, streams and positions copied into the
+    graph's own input tensors. A graph writes the caches it was captured with,
+    so when the coder reallocates them (reserve) every graph is dropped and
+    captured again at its next use. The first call of a row count runs the
+    forward eagerly (on a side stream, as capturing asks: it also runs the
+    int8 GEMM's one-time probe) and returns that; later calls replay."""
+
+    MAX_GRAPHS = 8  # each holds its own memory pool
+
+    def __init__(self, model: IntM1):
+        self.model = model
+        self.graphs: dict[int, tuple] = {}
+        self.caches: tuple[int, ...] = ()
+        self.captured = 0  # graphs captured so far (tests and benchmarks read it)
+
+    def run(self, tokens, streams, positions, k_cache, v_cache) -> torch.Tensor:
+        caches = tuple(c.data_ptr() for c in k_cache + v_cache)
+        if caches != self.caches:
+            self.graphs.clear()
+            self.caches = caches
+        entry = self.graphs.get(tokens.shape[0])
+        if entry is not None:
+            graph, inputs, out = entry
+            for buffer, value in zip(inputs, (tokens, streams, positions)):
+                buffer.copy_(value)
+            graph.replay()
+            return out.clone()
+        if len(self.graphs) >= self.MAX_GRAPHS:  # many row counts (small blocks at the ends): run them eagerly
+            return self.model.forward_rows(tokens, streams, positions, k_cache, v_cache)
+        inputs = (tokens.clone(), streams.clone(), positions.clone())
+        side = torch.cuda.Stream(device=tokens.device)
+        side.wait_stream(torch.cuda.current_stream(tokens.device))
+        with torch.cuda.stream(side):
+            first = self.model.forward_rows(*inputs, k_cache, v_cache)
+        torch.cuda.current_stream(tokens.device).wait_stream(side)
+        first.record_stream(torch.cuda.current_stream(tokens.device))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.model.forward_rows(*inputs, k_cache, v_cache)
+        self.graphs[tokens.shape[0]] = (graph, inputs, out)
+        self.captured += 1
+        return first
 
 
 # ------------------------------------------------------------ conversion

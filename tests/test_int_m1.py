@@ -532,6 +532,26 @@ def test_cuda_and_cpu_weights_identical_on_100k_windows(int_m1):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("method_cls, kw", [(ACMethod, {}), (EqualInfoACMethod, {"b": 32})])
+def test_cuda_graphs_code_the_same_bytes(int_m1, method_cls, kw):
+    """Steps replayed from captured CUDA graphs give the bytes of eager steps,
+    and decode (with graphs) to the input; the graphs were really used."""
+    docs = _cross_device_docs()
+    gpu = int_m1.to("cuda")
+    eager = method_cls(gpu.coder(), batch=64, **kw).encode_batch(docs)
+    coder = gpu.coder(cuda_graphs=True)
+    graphed = method_cls(coder, batch=64, **kw).encode_batch(docs)
+    assert [e.tokens.tobytes() for e in graphed] == [e.tokens.tobytes() for e in eager]
+    assert coder.graphs.captured >= 1
+    assert method_cls(gpu.coder(cuda_graphs=True), batch=64, **kw).decode_batch(graphed) == docs
+
+
+def test_cuda_graphs_need_a_cuda_model(int_m1):
+    with pytest.raises(ValueError, match="cuda_graphs needs the integer M1 on a CUDA device"):
+        int_m1.coder(cuda_graphs=True)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("method_cls, kw", [(ACMethod, {}), (EqualInfoACMethod, {"b": 16})])
 def test_compressed_on_cuda_decodes_on_cpu(int_m1, method_cls, kw):
     docs = _cross_device_docs()
