@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one-call GPU check (docs/design.md, "GPU check"): build ncx in place for Hopper, run the
-# CUDA tests, run the GPU benchmarks, keep full logs in LOGDIR (argument, else
-# $OUT, else ./gpu_logs) and print a short table last.
+# CUDA tests, run the GPU benchmarks (coder, pipeline, integer M1, M2 training MFU), keep full
+# logs in LOGDIR (argument, else $OUT, else ./gpu_logs) and print a short table last.
 #
 #   bash bench/gpu_check.sh [LOGDIR]
 #   NCX_GPU_DRY_RUN=1 bash bench/gpu_check.sh LOGDIR   # CPU rehearsal (tests/test_gpu_check.py)
@@ -91,7 +91,13 @@ $PY bench/int_m1_throughput.py $trained --device cpu --threads $int_threads --no
   --json "$LOG/int_m1_cpu.json" >> "$LOG/int_m1.log" 2>&1
 int_rc=$(( int_cuda_rc || $? ))  # either run failing counts (before, only the CPU run's status did)
 
-stamp "done${DRY:+ (DRY RUN)}: tests rc=$tests_rc bench rc=$bench_rc pipeline rc=$pipe_rc int_m1 rc=$int_rc"
+# Last, so that a slow compile cannot cost the figures above: each preset stops at --time-limit.
+stamp "M2 training tokens/s and MFU (25m, 113m)${DRY:+ (dry run: nano on the CPU)}"
+timeout "${NCX_M2_TIMEOUT_S:-180}" $PY bench/m2_mfu.py ${DRY:+--dry-run} --steps 20 --time-limit 75 \
+  --out "$LOG/m2_mfu.json" > "$LOG/m2_mfu.log" 2>&1
+m2_rc=$?
+
+stamp "done${DRY:+ (DRY RUN)}: tests rc=$tests_rc bench rc=$bench_rc pipeline rc=$pipe_rc int_m1 rc=$int_rc m2 rc=$m2_rc"
 echo "==================== summary ===================="
 tail -30 "$LOG/bench.log"
 if [ -f "$LOG/pipeline.log" ]; then
@@ -103,4 +109,5 @@ if [ -f "$LOG/pipeline.log" ]; then
   fi
 fi
 grep -E "^(AC|EqualInfoAC)" "$LOG/int_m1.log"
-exit $(( tests_rc || bench_rc || pipe_rc || int_rc ))
+if grep -q "^M2 training on" "$LOG/m2_mfu.log"; then sed -n '/^M2 training on/,$p' "$LOG/m2_mfu.log"; else tail -5 "$LOG/m2_mfu.log"; fi
+exit $(( tests_rc || bench_rc || pipe_rc || int_rc || m2_rc ))

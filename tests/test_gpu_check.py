@@ -83,17 +83,21 @@ def test_gpu_check_dry_run(tmp_path):
                        env=_env(NCX_GPU_DRY_RUN="1", NCX_PIPELINE_BUDGET_S="60"),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-3000:]
-    for name in ("build.log", "tests.log", "bench.log", "pipeline.log", "int_m1.log", "gpu_bench.json",
-                 "gpu_pipeline.json", "int_m1_cuda.json", "int_m1_cpu.json"):
+    for name in ("build.log", "tests.log", "bench.log", "pipeline.log", "int_m1.log", "m2_mfu.log", "gpu_bench.json",
+                 "gpu_pipeline.json", "int_m1_cuda.json", "int_m1_cpu.json", "m2_mfu.json"):
         assert (log / name).is_file() and (log / name).stat().st_size > 0, name
     assert "] device:" not in p.stdout and "build (TORCH_CUDA_ARCH_LIST" not in p.stdout  # neither ran
     assert "collected" in (log / "tests.log").read_text()
     assert json.loads((log / "gpu_bench.json").read_text())["dry_run"] is True
     _check_pipeline_json(log / "gpu_pipeline.json")
-    assert "tests rc=0 bench rc=0 pipeline rc=0 int_m1 rc=0" in p.stdout
+    assert "tests rc=0 bench rc=0 pipeline rc=0 int_m1 rc=0 m2 rc=0" in p.stdout
+    m2 = json.loads((log / "m2_mfu.json").read_text())
+    assert m2["dry_run"] is True and m2["presets"]["nano"]["status"] == "ok"
+    assert m2["presets"]["nano"]["tokens_per_second"] > 0 and m2["presets"]["nano"]["flops_per_token"] > 0
     summary = p.stdout.split("==================== summary ====================", 1)[1]
     assert "ncx GPU figures on CPU (DRY RUN" in summary
     assert "ncx pipeline on CPU (DRY RUN" in summary
     for label in ("AC (M1)", "EqualInfoAC b=32 (M1)", "vocab build b=16", "EqualInfoAC b=16 (vocab)"):
         assert label in summary
     assert "EqualInfoAC b=16  paper" in summary  # int_m1_throughput's lines
+    assert "M2 training on" in summary and "nano" in summary
