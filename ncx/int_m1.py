@@ -262,11 +262,11 @@ class _CapturedForwards:
     def __init__(self, model: IntM1):
         self.model = model
         self.graphs: dict[int, tuple] = {}
-        self.caches: tuple[int, ...] = ()
+        self.caches: tuple = ()
         self.captured = 0  # graphs captured so far (tests and benchmarks read it)
 
     def run(self, tokens, streams, positions, k_cache, v_cache) -> torch.Tensor:
-        caches = tuple(c.data_ptr() for c in k_cache + v_cache)
+        caches = tuple((c.data_ptr(), tuple(c.shape)) for c in k_cache + v_cache)  # memory and layout
         if caches != self.caches:
             self.graphs.clear()
             self.caches = caches
