@@ -22,9 +22,10 @@ The loops keep their state on the model's device (slots, positions, the next
 document, the records of closed windows) and wait for it only every
 GPU_SYNC_EVERY steps on a GPU (every step on a CPU, where waiting costs nothing):
 to learn whether anything is left, to check the coders' status codes, to make
-room in the model's caches and to gather what the steps produced. A model
-with `trusted_inputs()` (ncx.kv_cache.KVCacheCoder) then skips the checks of
-the tokens and positions the loop made, so a step on a GPU is launches only.
+room in the model's caches and to gather what the steps produced. Between
+waits a model with `trusted_inputs()` (ncx.kv_cache.KVCacheCoder) skips the
+checks of the tokens and positions the loop made, so a step on a GPU is
+launches only; a loop that waits at every step keeps the checks.
 """
 from __future__ import annotations
 
@@ -113,13 +114,16 @@ class _Loop:
     largest position in one transfer, checks the coders' deferred status codes,
     makes room in the model's caches for the steps up to the next wait, and
     compacts the rows recorded since the last one. Inside `with`, a model
-    that has trusted_inputs() runs without its own checks."""
+    that has trusted_inputs() runs without its own checks when the loop
+    waits less often than every step."""
 
     def __init__(self, model, streams: int, device: torch.device, every: int | None = None):
         self.model, self.streams = model, streams
         self.every = every or SYNC_EVERY.get(device.type, GPU_SYNC_EVERY)
         self.steps, self.room = 0, 0
-        trusted = getattr(model, "trusted_inputs", None)
+        # Trusted inputs save waits; a loop that waits at every step anyway keeps the model's checks
+        # (and lets the float M1 size its attention by the positions it sees).
+        trusted = getattr(model, "trusted_inputs", None) if self.every > 1 else None
         self._context = trusted() if trusted is not None else None
 
     def __enter__(self) -> "_Loop":
