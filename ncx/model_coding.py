@@ -117,9 +117,9 @@ class _Loop:
     that has trusted_inputs() runs without its own checks when the loop
     waits less often than every step."""
 
-    def __init__(self, model, streams: int, device: torch.device, every: int | None = None):
+    def __init__(self, model, streams: int, device: torch.device):
         self.model, self.streams = model, streams
-        self.every = every or SYNC_EVERY.get(device.type, GPU_SYNC_EVERY)
+        self.every = SYNC_EVERY.get(device.type, GPU_SYNC_EVERY)
         self.steps, self.room = 0, 0
         # Trusted inputs save waits; a loop that waits at every step anyway keeps the model's checks
         # (and lets the float M1 size its attention by the positions it sees).
