@@ -352,6 +352,33 @@ def test_int_row_ops_identical_at_every_level_and_match_reference(at_level):
                                                      positions.tolist())
 
 
+@pytest.mark.parametrize("hd, q_bits", [(64, 12), (64, 20), (16, 12), (24, 12), (40, 12)])
+def test_int_attention_groups_identical_at_every_level(at_level, hd, q_bits):
+    """Query rows in runs of one stream (a teacher-forced block), which the
+    vector levels code in groups (8 rows at avx512, 4 at avx2): runs of 1 to 11
+    rows (lone rows, whole groups, a group and a remainder), positions in and
+    out of order within a run and repeated, key counts from 1 to past the
+    blocks of 64 keys. Head sizes a multiple of both levels' chunks (16, 64),
+    of avx2's only (24, 40), so avx512 takes its per-row path there. Queries
+    of 2^12 spread the weights; of 2^20, most of them clamp to 0."""
+    gen = torch.Generator().manual_seed(hd + q_bits)
+    H, S, L = 2, 5, 150
+    runs = [1, 8, 3, 11, 4, 1, 9, 5]
+    streams = torch.cat([torch.full((r,), i % S, dtype=torch.int64) for i, r in enumerate(runs)])
+    N = len(streams)
+    positions = _ints(gen, (N,), 0, L, torch.int64)
+    positions[1:9] = torch.arange(100, 108)        # a block of consecutive positions
+    positions[12:23] = torch.arange(149, 138, -1)  # descending, up to the last
+    positions[23:27] = 0                           # a single key, repeated
+    q = _ints(gen, (N, H, hd), -(1 << q_bits), 1 << q_bits)
+    k = _ints(gen, (S, H, L, hd), -(1 << 24), 1 << 24)
+    v = _ints(gen, (S, H, L, hd), -(1 << 24), 1 << 24)
+    att = _per_level(at_level, lambda: ops.int_attention(q, k, v, streams, positions))
+    _assert_all_equal(att)
+    assert att["baseline"].tolist() == ref.attention(q.tolist(), k.tolist(), v.tolist(), streams.tolist(),
+                                                     positions.tolist())
+
+
 def test_int_m1_weights_identical_at_every_level_with_threads(at_level):
     """A whole integer M1 forward, 2 threads (rows split between them)."""
     torch.set_num_threads(2)

@@ -143,11 +143,24 @@ Tensor int_attention_cpu(const Tensor& q_in, const Tensor& k_cache, const Tensor
   const int64_t N = q.size(0), H = q.size(1), hd = q.size(2), L = k_cache.size(2);
   Tensor out = at::empty_like(q);
   const CpuKernels& kernels = cpu_kernels();
-  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> scratch(L + hd);
-    kernels.int_attention_rows(q.data_ptr<int32_t>(), k_cache.data_ptr<int32_t>(), v_cache.data_ptr<int32_t>(),
-                               streams.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), begin, end, H, hd, L,
-                               scratch.data(), out.data_ptr<int32_t>());
+  // Consecutive rows of one stream (a block of positions) form a group, up
+  // to the level's group size: they share their keys and values.
+  const int64_t* st = streams.data_ptr<int64_t>();
+  std::vector<int64_t> group_first;
+  std::vector<int32_t> group_size;
+  for (int64_t n = 0; n < N;) {
+    int32_t g = 1;
+    while (g < kernels.int_attention_group && n + g < N && st[n + g] == st[n]) ++g;
+    group_first.push_back(n);
+    group_size.push_back(g);
+    n += g;
+  }
+  const int64_t items = int64_t(group_first.size()) * H;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> scratch(int_attention_scratch(L, hd));
+    kernels.int_attention_groups(q.data_ptr<int32_t>(), k_cache.data_ptr<int32_t>(), v_cache.data_ptr<int32_t>(),
+                                 st, positions.data_ptr<int64_t>(), group_first.data(), group_size.data(), begin,
+                                 end, H, hd, L, scratch.data(), out.data_ptr<int32_t>());
   });
   return out;
 }

@@ -18,6 +18,8 @@
 // GCC 12's own _mm512_reduce_add_* trip its -Wmaybe-uninitialized (a false
 // positive inside avx512fintrin.h).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// And -Wuninitialized at _mm512_shuffle_i64x2, for the same reason.
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #endif
 
@@ -536,24 +538,179 @@ void weighted_sum(const int64_t* e, const int32_t* v, int64_t keys, int64_t hd, 
     for (int64_t i = i0; i < hd; ++i) num[i] += e[j] * v[j * hd + i];
 }
 
-void attention_rows(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache, const int64_t* streams,
-                    const int64_t* positions, int64_t begin, int64_t end, int64_t H, int64_t hd, int64_t L,
-                    int64_t* scratch, int32_t* out) {
-  int64_t* w = scratch;       // [L] scores, then weights
-  int64_t* num = scratch + L;  // [hd]
+// Attention of one query row (qr, its keys at kb, values at vb): the path of
+// the levels without vectors and of head sizes the grouped path does not take.
+void attention_row(const int32_t* qr, const int32_t* kb, const int32_t* vb, int64_t keys, int64_t hd, int64_t* w,
+                   int64_t* num, int32_t* out) {
   const int64_t inv_sqrt = inv_sqrt_q16(hd);
-  for (int64_t nh = begin; nh < end; ++nh) {
-    const int64_t n = nh / H, h = nh % H, keys = positions[n] + 1;
-    const int32_t* qr = q + nh * hd;
-    const int64_t base = (streams[n] * H + h) * L * hd;  // this stream and head's keys/values
-    int64_t peak = INT64_MIN;
-    for (int64_t j = 0; j < keys; ++j) {
-      w[j] = attention_score(dot_i32(qr, k_cache + base + j * hd, hd), inv_sqrt);
-      peak = w[j] > peak ? w[j] : peak;
+  int64_t peak = INT64_MIN;
+  for (int64_t j = 0; j < keys; ++j) {
+    w[j] = attention_score(dot_i32(qr, kb + j * hd, hd), inv_sqrt);
+    peak = w[j] > peak ? w[j] : peak;
+  }
+  const int64_t den = attention_weights(w, keys, peak);
+  weighted_sum(w, vb, keys, hd, num);
+  for (int64_t i = 0; i < hd; ++i) out[i] = clamp32(round_div(num[i], den), kQKVLimit);
+}
+
+// Grouped attention: the query rows of one stream (a teacher-forced block of
+// positions) read the same keys and values, so a group of them takes each key
+// and value from memory once, for all its queries; one query at a time would
+// stream the stream's whole cache from L2 or RAM again for every row. The
+// int64 lanes of a vector hold the group's queries: each key's G dot products
+// are summed across lanes together (one transpose-and-add tree for the group),
+// and each value row is multiplied by the G queries' weights while it is in
+// registers. The integers are those of attention_row: exact int64 sums.
+#if defined(__AVX512F__)
+constexpr int kAttnGroup = 8;       // queries per group: the int64 lanes of a zmm
+constexpr int64_t kAttnChunk = 16;  // head dimensions per vector of int32
+using Lanes = __m512i;
+inline Lanes lanes_load(const void* p) { return _mm512_loadu_si512(p); }
+inline void lanes_store(void* p, Lanes v) { _mm512_storeu_si512(p, v); }
+inline Lanes lanes_zero() { return _mm512_setzero_si512(); }
+inline Lanes lanes_add(Lanes a, Lanes b) { return _mm512_add_epi64(a, b); }
+inline Lanes lanes_mul(Lanes a, Lanes b) { return _mm512_mul_epi32(a, b); }  // low int32 halves -> int64
+inline Lanes lanes_swap(Lanes a) { return _mm512_shuffle_epi32(a, _MM_PERM_CDAB); }  // odd int32 to the low halves
+inline Lanes lanes_set(int64_t x) { return _mm512_set1_epi64(x); }
+// Lane g of the result: the sum of a[g]'s eight lanes.
+inline Lanes lanes_transpose_sum(const Lanes* a) {
+  Lanes t[4], u[2];
+  for (int i = 0; i < 4; ++i)  // 128-bit chunk c: (a[2i], a[2i+1]) partial sums of chunk c
+    t[i] = _mm512_add_epi64(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
+                            _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)  // chunks 0-1: pair 2i over two halves; 2-3: pair 2i + 1
+    u[i] = _mm512_add_epi64(_mm512_shuffle_i64x2(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i64x2(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_epi64(_mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#elif defined(__AVX2__)
+constexpr int kAttnGroup = 4;
+constexpr int64_t kAttnChunk = 8;
+using Lanes = __m256i;
+inline Lanes lanes_load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline void lanes_store(void* p, Lanes v) { _mm256_storeu_si256(static_cast<__m256i*>(p), v); }
+inline Lanes lanes_zero() { return _mm256_setzero_si256(); }
+inline Lanes lanes_add(Lanes a, Lanes b) { return _mm256_add_epi64(a, b); }
+inline Lanes lanes_mul(Lanes a, Lanes b) { return _mm256_mul_epi32(a, b); }
+inline Lanes lanes_swap(Lanes a) { return _mm256_shuffle_epi32(a, 0xb1); }
+inline Lanes lanes_set(int64_t x) { return _mm256_set1_epi64x(x); }
+inline Lanes lanes_transpose_sum(const Lanes* a) {
+  const Lanes t0 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[0], a[1]), _mm256_unpackhi_epi64(a[0], a[1]));
+  const Lanes t1 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[2], a[3]), _mm256_unpackhi_epi64(a[2], a[3]));
+  return _mm256_add_epi64(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
+}
+#else
+constexpr int kAttnGroup = 1;  // no vectors: one row at a time
+#endif
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+constexpr int64_t kLanes64 = kAttnChunk / 2;  // int64 lanes per vector
+
+// G query rows qr[0..G) of one stream and head, hd a multiple of kAttnChunk.
+// scratch: kAttnGroup * (L + 2 * hd) int64.
+template <int G>
+void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_t* kb, const int32_t* vb,
+                     int64_t hd, int64_t L, int64_t* scratch, int32_t* const* out) {
+  int64_t* w = scratch;                                                 // [G][L] scores, then weights
+  int64_t* num = scratch + kAttnGroup * L;                              // [G][hd]
+  int32_t* q_odd = reinterpret_cast<int32_t*>(num + kAttnGroup * hd);  // [G][hd] int32, halves swapped
+  int64_t keys_max = 0;
+  for (int g = 0; g < G; ++g) {
+    keys_max = keys[g] > keys_max ? keys[g] : keys_max;
+    for (int64_t c = 0; c < hd; c += kAttnChunk) lanes_store(q_odd + g * hd + c, lanes_swap(lanes_load(qr[g] + c)));
+  }
+  const int64_t inv_sqrt = inv_sqrt_q16(hd);
+  for (int64_t j = 0; j < keys_max; ++j) {
+    Lanes acc[kAttnGroup];
+    for (int g = 0; g < kAttnGroup; ++g) acc[g] = lanes_zero();
+    const int32_t* kr = kb + j * hd;
+    for (int64_t c = 0; c < hd; c += kAttnChunk) {
+      const Lanes k_even = lanes_load(kr + c), k_odd = lanes_swap(k_even);
+      for (int g = 0; g < G; ++g)
+        acc[g] = lanes_add(acc[g], lanes_add(lanes_mul(lanes_load(qr[g] + c), k_even),
+                                             lanes_mul(lanes_load(q_odd + g * hd + c), k_odd)));
     }
-    const int64_t den = attention_weights(w, keys, peak);
-    weighted_sum(w, v_cache + base, keys, hd, num);
-    for (int64_t i = 0; i < hd; ++i) out[nh * hd + i] = clamp32(round_div(num[i], den), kQKVLimit);
+    alignas(64) int64_t dots[kLanes64];
+    lanes_store(dots, lanes_transpose_sum(acc));
+    for (int g = 0; g < G; ++g) w[g * L + j] = attention_score(dots[g], inv_sqrt);
+  }
+  int64_t den[G];
+  for (int g = 0; g < G; ++g) {
+    int64_t* wg = w + g * L;
+    int64_t peak = INT64_MIN;
+    for (int64_t j = 0; j < keys[g]; ++j) peak = wg[j] > peak ? wg[j] : peak;
+    den[g] = attention_weights(wg, keys[g], peak);
+    for (int64_t j = keys[g]; j < keys_max; ++j) wg[j] = 0;  // beyond this query's position
+  }
+  // The weighted sums, a block of keys at a time so that the block's value
+  // rows stay in L1 while each chunk of dimensions passes over them; per
+  // query and chunk, num holds the even dimensions' sums (lane l: dimension
+  // c + 2l), then the odd ones'.
+  constexpr int64_t kKeyBlock = 64;
+  for (int64_t j0 = 0; j0 < keys_max; j0 += kKeyBlock) {
+    const int64_t j1 = j0 + kKeyBlock < keys_max ? j0 + kKeyBlock : keys_max;
+    for (int64_t c = 0; c < hd; c += kAttnChunk) {
+      Lanes even[G], odd[G];
+      for (int g = 0; g < G; ++g) {
+        even[g] = j0 ? lanes_load(num + g * hd + c) : lanes_zero();
+        odd[g] = j0 ? lanes_load(num + g * hd + c + kLanes64) : lanes_zero();
+      }
+      for (int64_t j = j0; j < j1; ++j) {
+        const Lanes v_even = lanes_load(vb + j * hd + c), v_odd = lanes_swap(v_even);
+        for (int g = 0; g < G; ++g) {
+          const Lanes e = lanes_set(w[g * L + j]);  // 0 <= e <= 2^kAttnFrac: its low int32 half
+          even[g] = lanes_add(even[g], lanes_mul(e, v_even));
+          odd[g] = lanes_add(odd[g], lanes_mul(e, v_odd));
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        lanes_store(num + g * hd + c, even[g]);
+        lanes_store(num + g * hd + c + kLanes64, odd[g]);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int64_t c = 0; c < hd; c += kAttnChunk)
+      for (int64_t l = 0; l < kLanes64; ++l) {
+        out[g][c + 2 * l] = clamp32(round_div(num[g * hd + c + l], den[g]), kQKVLimit);
+        out[g][c + 2 * l + 1] = clamp32(round_div(num[g * hd + c + kLanes64 + l], den[g]), kQKVLimit);
+      }
+}
+
+// attention_group<G> for a run-time G in [1, kAttnGroup].
+template <int G = kAttnGroup>
+void attention_group_of(int g, const int32_t* const* qr, const int64_t* keys, const int32_t* kb, const int32_t* vb,
+                        int64_t hd, int64_t L, int64_t* scratch, int32_t* const* out) {
+  if constexpr (G >= 1) {
+    if (g == G) return attention_group<G>(qr, keys, kb, vb, hd, L, scratch, out);
+    attention_group_of<G - 1>(g, qr, keys, kb, vb, hd, L, scratch, out);
+  }
+}
+#endif
+
+void attention_groups(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache, const int64_t* streams,
+                      const int64_t* positions, const int64_t* group_first, const int32_t* group_size,
+                      int64_t begin, int64_t end, int64_t H, int64_t hd, int64_t L, int64_t* scratch, int32_t* out) {
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t group = item / H, h = item % H, first = group_first[group], G = group_size[group];
+    const int64_t base = (streams[first] * H + h) * L * hd;  // this stream and head's keys/values
+    const int32_t* qr[kAttnGroup];
+    int32_t* orow[kAttnGroup];
+    int64_t keys[kAttnGroup];
+    for (int64_t g = 0; g < G; ++g) {
+      qr[g] = q + ((first + g) * H + h) * hd;
+      orow[g] = out + ((first + g) * H + h) * hd;
+      keys[g] = positions[first + g] + 1;
+    }
+#if defined(__AVX512F__) || defined(__AVX2__)
+    if (G > 1 && hd % kAttnChunk == 0) {  // a lone row is faster on its own path
+      attention_group_of(int(G), qr, keys, k_cache + base, v_cache + base, hd, L, scratch, orow);
+      continue;
+    }
+#endif
+    for (int64_t g = 0; g < G; ++g)
+      attention_row(qr[g], k_cache + base, v_cache + base, keys[g], hd, scratch, scratch + L, orow[g]);
   }
 }
 
@@ -582,7 +739,8 @@ const CpuKernels kTable = {
     &dequantize_rows,
     &rms_norm_rows,
     &rope_rows,
-    &attention_rows,
+    kAttnGroup,
+    &attention_groups,
     &coder_weights_rows,
     &vocab_encode,
 };

@@ -56,11 +56,16 @@ struct CpuKernels {
   // Rows are (token, head) pairs of x [N, H, hd].
   void (*int_rope_rows)(const int32_t* x, const int32_t* cos, const int32_t* sin, const int64_t* positions,
                         int64_t begin, int64_t end, int64_t H, int64_t hd, int32_t* out);
-  // Rows are (query, head) pairs of q [N, H, hd]; caches [S, H, L, hd];
-  // scratch holds L + hd int64.
-  void (*int_attention_rows)(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache,
-                             const int64_t* streams, const int64_t* positions, int64_t begin, int64_t end,
-                             int64_t H, int64_t hd, int64_t L, int64_t* scratch, int32_t* out);
+  // Attention of q [N, H, hd] over the caches [S, H, L, hd], in groups of
+  // query rows of one stream: group i is rows group_first[i] ..
+  // group_first[i] + group_size[i] - 1 (at most int_attention_group rows).
+  // Items [begin, end) are (group, head) pairs, item = i * H + h; scratch
+  // holds int_attention_scratch(L, hd) int64.
+  int32_t int_attention_group;
+  void (*int_attention_groups)(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache,
+                               const int64_t* streams, const int64_t* positions, const int64_t* group_first,
+                               const int32_t* group_size, int64_t begin, int64_t end, int64_t H, int64_t hd,
+                               int64_t L, int64_t* scratch, int32_t* out);
   void (*int_coder_weights_rows)(const int32_t* logits, int64_t begin, int64_t end, int64_t V, int32_t* out);
 
   // csrc/core/window_vocab.h's greedy longest match; nodes are its TrieNodes.
@@ -75,6 +80,10 @@ template <>
 inline const RowQuantizer<float>& CpuKernels::rows<float>() const { return f32; }
 template <>
 inline const RowQuantizer<uint16_t>& CpuKernels::rows<uint16_t>() const { return bf16; }
+
+// int64 scratch per thread of int_attention_groups, at any level (groups of
+// at most 8 rows).
+inline int64_t int_attention_scratch(int64_t L, int64_t hd) { return 8 * (L + 2 * hd); }
 
 // The table of the level in use.
 const CpuKernels& cpu_kernels();
