@@ -6,7 +6,9 @@ float coding path.
 Shapes are the paper's M1 (3 layers, width 256, 4 heads of 64, MLP 1024) with
 256 streams. "Symbols" in the closing table are rows (streams) per second:
 - int_linear: the paper M1's qkv, fc and fc_proj shapes, 256 rows;
-- int_attention: 256 queries, 4 heads, over 256 and 1024 cached positions;
+- int_attention: 256 queries, 4 heads, over 256 and 1024 cached positions,
+  one query per stream (a decoder's step) or blocks of 8 consecutive
+  positions of 32 streams (the AC encoder's teacher-forced blocks);
 - coder step: one step of 256 streams at position 255 of M1Coder (float,
   exact fixed-point float64) and IntM1Coder (integer), the same random
   paper-shaped M1 (speed does not depend on the weights).
@@ -47,14 +49,15 @@ def test_int_linear(benchmark, rate, device, sync, K, D):
 
 
 @bench_mark
+@pytest.mark.parametrize("block", [1, 8], ids=["step", "block8"])
 @pytest.mark.parametrize("L", [256, 1024])
-def test_int_attention(benchmark, rate, device, sync, L):
-    H, hd = 4, 64
+def test_int_attention(benchmark, rate, device, sync, L, block):
+    H, hd, S = 4, 64, ROWS // block
     q = _ints((ROWS, H, hd), -(1 << 20), 1 << 20, torch.int32, device)
-    k = _ints((ROWS, H, L, hd), -(1 << 20), 1 << 20, torch.int32, device, 1)
-    v = _ints((ROWS, H, L, hd), -(1 << 20), 1 << 20, torch.int32, device, 2)
-    streams = torch.arange(ROWS, device=device)
-    positions = torch.full((ROWS,), L - 1, device=device)
+    k = _ints((S, H, L, hd), -(1 << 20), 1 << 20, torch.int32, device, 1)
+    v = _ints((S, H, L, hd), -(1 << 20), 1 << 20, torch.int32, device, 2)
+    streams = torch.arange(S, device=device).repeat_interleave(block)
+    positions = (L - block + torch.arange(block, device=device)).repeat(S)
 
     def run():
         out = ops.int_attention(q, k, v, streams, positions)
