@@ -15,10 +15,10 @@
 #include <stdint.h>
 
 #if defined(__SSE2__)
-// GCC 12's own _mm512_reduce_add_* trip its -Wmaybe-uninitialized (a false
-// positive inside avx512fintrin.h).
+// GCC 12's own _mm512_reduce_add_* trip its -Wmaybe-uninitialized, and
+// -Wuninitialized where they inline into larger loops (false positives: the
+// _mm256_undefined_si256() placeholder inside avx512fintrin.h).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// And -Wuninitialized at _mm512_shuffle_i64x2, for the same reason.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #endif
@@ -574,15 +574,18 @@ inline Lanes lanes_swap(Lanes a) { return _mm512_shuffle_epi32(a, _MM_PERM_CDAB)
 inline Lanes lanes_set(int64_t x) { return _mm512_set1_epi64(x); }
 // Lane g of the result: the sum of a[g]'s eight lanes.
 inline Lanes lanes_transpose_sum(const Lanes* a) {
+  // Two-source permutes of 128-bit chunks: (x.c0, x.c2, y.c0, y.c2) and (x.c1, x.c3, y.c1, y.c3).
+  const __m512i even_chunks = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
+  const __m512i odd_chunks = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
   Lanes t[4], u[2];
   for (int i = 0; i < 4; ++i)  // 128-bit chunk c: (a[2i], a[2i+1]) partial sums of chunk c
     t[i] = _mm512_add_epi64(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
                             _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
   for (int i = 0; i < 2; ++i)  // chunks 0-1: pair 2i over two halves; 2-3: pair 2i + 1
-    u[i] = _mm512_add_epi64(_mm512_shuffle_i64x2(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                            _mm512_shuffle_i64x2(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_epi64(_mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                          _mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    u[i] = _mm512_add_epi64(_mm512_permutex2var_epi64(t[2 * i], even_chunks, t[2 * i + 1]),
+                            _mm512_permutex2var_epi64(t[2 * i], odd_chunks, t[2 * i + 1]));
+  return _mm512_add_epi64(_mm512_permutex2var_epi64(u[0], even_chunks, u[1]),
+                          _mm512_permutex2var_epi64(u[0], odd_chunks, u[1]));
 }
 #elif defined(__AVX2__)
 constexpr int kAttnGroup = 4;
