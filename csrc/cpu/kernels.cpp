@@ -417,65 +417,78 @@ int64_t dot_i32(const int32_t* a, const int32_t* b, int64_t n) {
   return s;
 }
 
+// exp_nonpositive(d, out_frac) in int64 lanes, 8 (avx512) or 4 (avx2) at a
+// time, for d <= 0 and out_frac < 30 (the attention's weights, Q16, and the
+// coder's, Q22). The lanes follow exp_nonpositive step by step, with these
+// ranges: d clamped to [-2^26, 0] fits 32 bits, and so does log2(e) in Q30,
+// so d * log2(e) is one vpmuldq; t = shift_round(that, 30) lies in
+// (-2^27, 0]; f = t mod 2^16 and p < 2^31, so each Horner step p * f is one
+// unsigned 32 x 32 -> 64 multiply of non-negative numbers and its rounding
+// shift a logical one; the final shift s = 30 - out_frac - floor(t / 2^16)
+// is at least 1, and a result whose s exceeds 62 is 0.
+constexpr int64_t kExpFloor = -(int64_t(1) << 26), kLog2eQ30 = 1549082005;
+constexpr int64_t kExp2Q30[10] = {1073741824, 744261118, 257941248, 59597083, 10327387,
+                                  1431680,    165394,    16377,     1419,     109};
+#if defined(__AVX512F__)
+inline __m512i exp_lanes(__m512i d, int out_frac) {
+  const __m512i one = _mm512_set1_epi64(1);
+  d = _mm512_max_epi64(d, _mm512_set1_epi64(kExpFloor));
+  const __m512i t = _mm512_srai_epi64(
+      _mm512_add_epi64(_mm512_mul_epi32(d, _mm512_set1_epi64(kLog2eQ30)), _mm512_set1_epi64(int64_t(1) << 29)), 30);
+  const __m512i f = _mm512_and_si512(t, _mm512_set1_epi64(0xffff));
+  __m512i p = _mm512_set1_epi64(kExp2Q30[9]);
+  for (int k = 8; k >= 0; --k)
+    p = _mm512_add_epi64(
+        _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epu32(p, f), _mm512_set1_epi64(1 << 15)), 16),
+        _mm512_set1_epi64(kExp2Q30[k]));
+  const __m512i sh = _mm512_sub_epi64(_mm512_set1_epi64(30 - out_frac), _mm512_srai_epi64(t, 16));
+  const __m512i r = _mm512_srlv_epi64(_mm512_add_epi64(p, _mm512_sllv_epi64(one, _mm512_sub_epi64(sh, one))), sh);
+  return _mm512_maskz_mov_epi64(_mm512_cmple_epi64_mask(sh, _mm512_set1_epi64(62)), r);
+}
+constexpr int64_t kExpLanes = 8;
+#elif defined(__AVX2__)
+inline __m256i exp_lanes(__m256i d, int out_frac) {
+  const __m256i one = _mm256_set1_epi64x(1), vfloor = _mm256_set1_epi64x(kExpFloor);
+  d = _mm256_blendv_epi8(d, vfloor, _mm256_cmpgt_epi64(vfloor, d));
+  // No 64-bit arithmetic shift at this level: the sum is made non-negative
+  // by 2^62, shifted logically, and 2^62 / 2^30 taken off again.
+  const __m256i biased = _mm256_add_epi64(_mm256_mul_epi32(d, _mm256_set1_epi64x(kLog2eQ30)),
+                                          _mm256_set1_epi64x((int64_t(1) << 62) + (int64_t(1) << 29)));
+  const __m256i t = _mm256_sub_epi64(_mm256_srli_epi64(biased, 30), _mm256_set1_epi64x(int64_t(1) << 32));
+  const __m256i f = _mm256_and_si256(t, _mm256_set1_epi64x(0xffff));
+  __m256i p = _mm256_set1_epi64x(kExp2Q30[9]);
+  for (int k = 8; k >= 0; --k)
+    p = _mm256_add_epi64(
+        _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epu32(p, f), _mm256_set1_epi64x(1 << 15)), 16),
+        _mm256_set1_epi64x(kExp2Q30[k]));
+  // |t| < 2^31: its high half is all sign bits, so a 32-bit arithmetic shift
+  // of both halves is the 64-bit one.
+  const __m256i sh = _mm256_sub_epi64(_mm256_set1_epi64x(30 - out_frac), _mm256_srai_epi32(t, 16));
+  const __m256i r = _mm256_srlv_epi64(_mm256_add_epi64(p, _mm256_sllv_epi64(one, _mm256_sub_epi64(sh, one))), sh);
+  return _mm256_andnot_si256(_mm256_cmpgt_epi64(sh, _mm256_set1_epi64x(62)), r);
+}
+constexpr int64_t kExpLanes = 4;
+#endif
+
 // w[j] <- exp_nonpositive(w[j] - peak, kAttnFrac) for j in [0, n); returns
-// their sum. The lanes follow exp_nonpositive step by step, with these
-// ranges: d = w - peak clamped to [-2^26, 0] fits 32 bits, and so does
-// log2(e) in Q30, so d * log2(e) is one vpmuldq; t = shift_round(that, 30)
-// lies in (-2^27, 0]; f = t mod 2^16 and p < 2^31, so each Horner step
-// p * f is one unsigned 32 x 32 -> 64 multiply of non-negative numbers and
-// its rounding shift a logical one; the final shift s = 14 - floor(t / 2^16)
-// is at least 14, and a result whose s exceeds 62 is 0.
+// their sum.
 int64_t attention_weights(int64_t* w, int64_t n, int64_t peak) {
-  [[maybe_unused]] constexpr int64_t kFloor = -(int64_t(1) << 26), kLog2eQ30 = 1549082005;
-  [[maybe_unused]] constexpr int64_t c[10] = {1073741824, 744261118, 257941248, 59597083, 10327387,
-                             1431680,    165394,    16377,     1419,     109};
-  static_assert(kAttnFrac == 16, "the lanes below hard-wire s = 30 - kAttnFrac - whole");
   int64_t j = 0, den = 0;
 #if defined(__AVX512F__)
   __m512i sum = _mm512_setzero_si512();
-  const __m512i vpeak = _mm512_set1_epi64(peak), vfloor = _mm512_set1_epi64(kFloor);
-  const __m512i log2e = _mm512_set1_epi64(kLog2eQ30), one = _mm512_set1_epi64(1);
-  for (; j + 8 <= n; j += 8) {
-    const __m512i d = _mm512_max_epi64(_mm512_sub_epi64(_mm512_loadu_si512(w + j), vpeak), vfloor);
-    const __m512i t = _mm512_srai_epi64(
-        _mm512_add_epi64(_mm512_mul_epi32(d, log2e), _mm512_set1_epi64(int64_t(1) << 29)), 30);
-    const __m512i f = _mm512_and_si512(t, _mm512_set1_epi64(0xffff));
-    __m512i p = _mm512_set1_epi64(c[9]);
-    for (int k = 8; k >= 0; --k)
-      p = _mm512_add_epi64(
-          _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epu32(p, f), _mm512_set1_epi64(1 << 15)), 16),
-          _mm512_set1_epi64(c[k]));
-    const __m512i sh = _mm512_sub_epi64(_mm512_set1_epi64(14), _mm512_srai_epi64(t, 16));
-    const __m512i r = _mm512_srlv_epi64(_mm512_add_epi64(p, _mm512_sllv_epi64(one, _mm512_sub_epi64(sh, one))), sh);
-    const __m512i e = _mm512_maskz_mov_epi64(_mm512_cmple_epi64_mask(sh, _mm512_set1_epi64(62)), r);
+  const __m512i vpeak = _mm512_set1_epi64(peak);
+  for (; j + kExpLanes <= n; j += kExpLanes) {
+    const __m512i e = exp_lanes(_mm512_sub_epi64(_mm512_loadu_si512(w + j), vpeak), kAttnFrac);
     _mm512_storeu_si512(w + j, e);
     sum = _mm512_add_epi64(sum, e);
   }
   den = _mm512_reduce_add_epi64(sum);
 #elif defined(__AVX2__)
   __m256i sum = _mm256_setzero_si256();
-  const __m256i vpeak = _mm256_set1_epi64x(peak), vfloor = _mm256_set1_epi64x(kFloor);
-  const __m256i log2e = _mm256_set1_epi64x(kLog2eQ30), one = _mm256_set1_epi64x(1);
-  for (; j + 4 <= n; j += 4) {
+  const __m256i vpeak = _mm256_set1_epi64x(peak);
+  for (; j + kExpLanes <= n; j += kExpLanes) {
     __m256i* wj = reinterpret_cast<__m256i*>(w + j);
-    __m256i d = _mm256_sub_epi64(_mm256_loadu_si256(wj), vpeak);
-    d = _mm256_blendv_epi8(d, vfloor, _mm256_cmpgt_epi64(vfloor, d));
-    // No 64-bit arithmetic shift at this level: the sum is made non-negative
-    // by 2^62, shifted logically, and 2^62 / 2^30 taken off again.
-    const __m256i biased = _mm256_add_epi64(_mm256_mul_epi32(d, log2e),
-                                            _mm256_set1_epi64x((int64_t(1) << 62) + (int64_t(1) << 29)));
-    const __m256i t = _mm256_sub_epi64(_mm256_srli_epi64(biased, 30), _mm256_set1_epi64x(int64_t(1) << 32));
-    const __m256i f = _mm256_and_si256(t, _mm256_set1_epi64x(0xffff));
-    __m256i p = _mm256_set1_epi64x(c[9]);
-    for (int k = 8; k >= 0; --k)
-      p = _mm256_add_epi64(
-          _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epu32(p, f), _mm256_set1_epi64x(1 << 15)), 16),
-          _mm256_set1_epi64x(c[k]));
-    // |t| < 2^31: its high half is all sign bits, so a 32-bit arithmetic shift
-    // of both halves is the 64-bit one.
-    const __m256i sh = _mm256_sub_epi64(_mm256_set1_epi64x(14), _mm256_srai_epi32(t, 16));
-    const __m256i r = _mm256_srlv_epi64(_mm256_add_epi64(p, _mm256_sllv_epi64(one, _mm256_sub_epi64(sh, one))), sh);
-    const __m256i e = _mm256_andnot_si256(_mm256_cmpgt_epi64(sh, _mm256_set1_epi64x(62)), r);
+    const __m256i e = exp_lanes(_mm256_sub_epi64(_mm256_loadu_si256(wj), vpeak), kAttnFrac);
     _mm256_storeu_si256(wj, e);
     sum = _mm256_add_epi64(sum, e);
   }
@@ -538,6 +551,19 @@ void weighted_sum(const int64_t* e, const int32_t* v, int64_t keys, int64_t hd, 
     for (int64_t i = i0; i < hd; ++i) num[i] += e[j] * v[j * hd + i];
 }
 
+// clamp32(round_div(num, den), kQKVLimit) without a 64-bit division per
+// value: with m = |num| + floor(den / 2) the magnitude is floor(m / den).
+// m / den in double (the quotient, a weighted mean of values below 2^25, is
+// far below 2^50, so the estimate is off by less than one) and integer
+// corrections, which make it exact whatever the estimate.
+inline int32_t attention_output(int64_t num, int64_t den, double inv_den) {
+  const int64_t m = (num < 0 ? -num : num) + den / 2;
+  int64_t q = int64_t(double(m) * inv_den), r = m - q * den;
+  while (r < 0) --q, r += den;
+  while (r >= den) ++q, r -= den;
+  return clamp32(num < 0 ? -q : q, kQKVLimit);
+}
+
 // Attention of one query row (qr, its keys at kb, values at vb): the path of
 // the levels without vectors and of head sizes the grouped path does not take.
 void attention_row(const int32_t* qr, const int32_t* kb, const int32_t* vb, int64_t keys, int64_t hd, int64_t* w,
@@ -550,7 +576,8 @@ void attention_row(const int32_t* qr, const int32_t* kb, const int32_t* vb, int6
   }
   const int64_t den = attention_weights(w, keys, peak);
   weighted_sum(w, vb, keys, hd, num);
-  for (int64_t i = 0; i < hd; ++i) out[i] = clamp32(round_div(num[i], den), kQKVLimit);
+  const double inv_den = 1.0 / double(den);
+  for (int64_t i = 0; i < hd; ++i) out[i] = attention_output(num[i], den, inv_den);
 }
 
 // Grouped attention: the query rows of one stream (a teacher-forced block of
@@ -673,12 +700,14 @@ void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_
       }
     }
   }
-  for (int g = 0; g < G; ++g)
+  for (int g = 0; g < G; ++g) {
+    const double inv_den = 1.0 / double(den[g]);
     for (int64_t c = 0; c < hd; c += kAttnChunk)
       for (int64_t l = 0; l < kLanes64; ++l) {
-        out[g][c + 2 * l] = clamp32(round_div(num[g * hd + c + l], den[g]), kQKVLimit);
-        out[g][c + 2 * l + 1] = clamp32(round_div(num[g * hd + c + kLanes64 + l], den[g]), kQKVLimit);
+        out[g][c + 2 * l] = attention_output(num[g * hd + c + l], den[g], inv_den);
+        out[g][c + 2 * l + 1] = attention_output(num[g * hd + c + kLanes64 + l], den[g], inv_den);
       }
+  }
 }
 
 // attention_group<G> for a run-time G in [1, kAttnGroup].
@@ -718,11 +747,31 @@ void attention_groups(const int32_t* q, const int32_t* k_cache, const int32_t* v
 }
 
 void coder_weights_rows(const int32_t* logits, int64_t begin, int64_t end, int64_t V, int32_t* out) {
+  static_assert(kCoderFrac < 30, "exp_lanes takes out_frac < 30");
   for (int64_t n = begin; n < end; ++n) {
     const int32_t* lr = logits + n * V;
+    int32_t* o = out + n * V;
     int32_t peak = INT32_MIN;
     for (int64_t v = 0; v < V; ++v) peak = lr[v] > peak ? lr[v] : peak;
-    for (int64_t v = 0; v < V; ++v) out[n * V + v] = int32_t(exp_nonpositive(int64_t(lr[v]) - peak, kCoderFrac));
+    int64_t v = 0;
+#if defined(__AVX512F__)
+    const __m512i vpeak = _mm512_set1_epi64(peak);
+    for (; v + kExpLanes <= V; v += kExpLanes) {
+      const __m512i d = _mm512_sub_epi64(
+          _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lr + v))), vpeak);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + v), _mm512_cvtepi64_epi32(exp_lanes(d, kCoderFrac)));
+    }
+#elif defined(__AVX2__)
+    const __m256i vpeak = _mm256_set1_epi64x(peak);
+    for (; v + kExpLanes <= V; v += kExpLanes) {
+      const __m256i d = _mm256_sub_epi64(
+          _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lr + v))), vpeak);
+      // The weights are at most 2^kCoderFrac: the low halves of the lanes, gathered.
+      const __m256i e = _mm256_permutevar8x32_epi32(exp_lanes(d, kCoderFrac), _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + v), _mm256_castsi256_si128(e));
+    }
+#endif
+    for (; v < V; ++v) o[v] = int32_t(exp_nonpositive(int64_t(lr[v]) - peak, kCoderFrac));
   }
 }
 
