@@ -44,9 +44,16 @@ void add_saturating_(Tensor& x, const Tensor& y_in) {
   int32_t* xp = x.data_ptr<int32_t>();
   const int32_t* yp = y.data_ptr<int32_t>();
   at::parallel_for(0, x.numel(), 4096, [&](int64_t begin, int64_t end) {
+    // In 32-bit lanes, so that the loop vectorizes at this file's baseline
+    // target (SSE2 has no 64-bit compares): the sum wraps exactly when both
+    // operands differ in sign from it, and then saturates the way its
+    // operands point; -2^31 itself is held at -(2^31 - 1).
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t s = int64_t(xp[i]) + yp[i];
-      xp[i] = int32_t(std::clamp<int64_t>(s, -kInt32Limit, kInt32Limit));
+      const uint32_t a = uint32_t(xp[i]), b = uint32_t(yp[i]), w = a + b;
+      const int32_t wrapped = int32_t((a ^ w) & (b ^ w)) >> 31;      // all ones where it wrapped
+      const int32_t saturated = (int32_t(a) >> 31) ^ kInt32Limit;   // INT32_MAX, or ~INT32_MAX = -2^31
+      const int32_t r = (wrapped & saturated) | (~wrapped & int32_t(w));
+      xp[i] = r == std::numeric_limits<int32_t>::min() ? -kInt32Limit : r;
     }
   });
 }
