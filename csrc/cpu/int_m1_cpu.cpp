@@ -157,7 +157,7 @@ Tensor int_attention_cpu(const Tensor& q_in, const Tensor& k_cache, const Tensor
   }
   const int64_t items = int64_t(group_first.size()) * H;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> scratch(int_attention_scratch(L, hd));
+    std::vector<int64_t> scratch(int_attention_scratch(kernels.int_attention_group, L, hd));
     kernels.int_attention_groups(q.data_ptr<int32_t>(), k_cache.data_ptr<int32_t>(), v_cache.data_ptr<int32_t>(),
                                  st, positions.data_ptr<int64_t>(), group_first.data(), group_size.data(), begin,
                                  end, H, hd, L, scratch.data(), out.data_ptr<int32_t>());

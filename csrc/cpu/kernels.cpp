@@ -638,7 +638,7 @@ constexpr int kAttnGroup = 1;  // no vectors: one row at a time
 constexpr int64_t kLanes64 = kAttnChunk / 2;  // int64 lanes per vector
 
 // G query rows qr[0..G) of one stream and head, hd a multiple of kAttnChunk.
-// scratch: kAttnGroup * (L + 2 * hd) int64.
+// scratch: int_attention_scratch(kAttnGroup, L, hd) int64.
 template <int G>
 void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_t* kb, const int32_t* vb,
                      int64_t hd, int64_t L, int64_t* scratch, int32_t* const* out) {

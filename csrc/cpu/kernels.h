@@ -60,7 +60,7 @@ struct CpuKernels {
   // query rows of one stream: group i is rows group_first[i] ..
   // group_first[i] + group_size[i] - 1 (at most int_attention_group rows).
   // Items [begin, end) are (group, head) pairs, item = i * H + h; scratch
-  // holds int_attention_scratch(L, hd) int64.
+  // holds int_attention_scratch(int_attention_group, L, hd) int64.
   int32_t int_attention_group;
   void (*int_attention_groups)(const int32_t* q, const int32_t* k_cache, const int32_t* v_cache,
                                const int64_t* streams, const int64_t* positions, const int64_t* group_first,
@@ -81,9 +81,9 @@ inline const RowQuantizer<float>& CpuKernels::rows<float>() const { return f32; 
 template <>
 inline const RowQuantizer<uint16_t>& CpuKernels::rows<uint16_t>() const { return bf16; }
 
-// int64 scratch per thread of int_attention_groups, at any level (groups of
-// at most 8 rows).
-inline int64_t int_attention_scratch(int64_t L, int64_t hd) { return 8 * (L + 2 * hd); }
+// int64 scratch per thread of int_attention_groups: a row of scores and two
+// of head dimensions for each row of a group.
+inline int64_t int_attention_scratch(int32_t group, int64_t L, int64_t hd) { return group * (L + 2 * hd); }
 
 // The table of the level in use.
 const CpuKernels& cpu_kernels();
