@@ -229,7 +229,8 @@ def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, 
     last_symbol = len(q.flat) - 1
     # (doc id, code, window symbols, exception flag, given back) of each window, in step order
     windows = _Rows()
-    none = torch.zeros(B, dtype=torch.int32, device=device)  # the exception flag and given-back of a finish
+    none = torch.zeros(B, dtype=torch.int32, device=device)  # a finish's given-back, and (as bool) its exception flag
+    no_exception = none.bool()
     with _Loop(model, B, device) as loop:
         while True:
             slot_doc, took, next_doc = _take_next(free, slot_doc, next_doc, q.n)
@@ -251,7 +252,7 @@ def encode_windows(docs, model: ContextModel, budget_bits: int, precision: int, 
             tokens = torch.where(taken, sym, model.bos)
             free = active & (pos == end)
             has, codes, nsym = enc.finish(free, check=False)
-            windows.add(has, slot_doc, codes, nsym, none.bool(), none)
+            windows.add(has, slot_doc, codes, nsym, no_exception, none)
     enc.check_deferred()
     return _group_windows(windows.columns(), len(docs), budget_bits // 8)
 
