@@ -352,15 +352,22 @@ def test_int_row_ops_identical_at_every_level_and_match_reference(at_level):
                                                      positions.tolist())
 
 
-@pytest.mark.parametrize("hd, q_bits", [(64, 12), (64, 20), (16, 12), (24, 12), (40, 12)])
-def test_int_attention_groups_identical_at_every_level(at_level, hd, q_bits):
+@pytest.mark.parametrize("hd, q_bits, k_bits, v_bits", [
+    (64, 12, 24, 24), (64, 20, 24, 24), (16, 12, 24, 24), (24, 12, 24, 24), (40, 12, 24, 24),
+    (256, 24, 24, 31),  # every product at the double lanes' bound; values over the whole int32 range
+    (16, 28, 28, 24),   # past that bound: the int64 sums instead
+])
+def test_int_attention_groups_identical_at_every_level(at_level, hd, q_bits, k_bits, v_bits):
     """Query rows in runs of one stream (a teacher-forced block), which the
     vector levels code in groups (8 rows at avx512, 4 at avx2): runs of 1 to 11
     rows (lone rows, whole groups, a group and a remainder), positions in and
     out of order within a run and repeated, key counts from 1 to past the
-    blocks of 64 keys. Head sizes a multiple of both levels' chunks (16, 64),
-    of avx2's only (24, 40), so avx512 takes its per-row path there. Queries
-    of 2^12 spread the weights; of 2^20, most of them clamp to 0."""
+    blocks of 64 keys. Head sizes a multiple of both levels' chunks (16, 64,
+    256), of avx2's only (24, 40), so avx512 takes its per-row path there.
+    Queries of 2^12 spread the weights; of 2^20, most of them clamp to 0.
+    q and k at the integer M1's limit (2^24; a whole group and its stream's
+    keys all at +-2^24, one key equal to a query) put avx512's double lanes at the edge of exactness (hd / 8
+    products of 2^48: 2^53); at 2^28 past it."""
     gen = torch.Generator().manual_seed(hd + q_bits)
     H, S, L = 2, 5, 150
     runs = [1, 8, 3, 11, 4, 1, 9, 5]
@@ -371,12 +378,42 @@ def test_int_attention_groups_identical_at_every_level(at_level, hd, q_bits):
     positions[12:23] = torch.arange(149, 138, -1)  # descending, up to the last
     positions[23:27] = 0                           # a single key, repeated
     q = _ints(gen, (N, H, hd), -(1 << q_bits), 1 << q_bits)
-    k = _ints(gen, (S, H, L, hd), -(1 << 24), 1 << 24)
-    v = _ints(gen, (S, H, L, hd), -(1 << 24), 1 << 24)
+    k = _ints(gen, (S, H, L, hd), -(1 << k_bits), 1 << k_bits)
+    v = _ints(gen, (S, H, L, hd), -(1 << v_bits), 1 << v_bits)
+    if q_bits == 24:
+        sign = lambda shape: torch.where(_ints(gen, shape, 0, 2) == 0, -1, 1).to(torch.int32)  # noqa: E731
+        q[1:9] = sign(q[1:9].shape) << 24  # the rows of a whole group, on stream 1
+        k[1] = sign(k[1].shape) << 24
+        k[1, :, 5] = q[1]  # a dot product of hd products of +2^48
     att = _per_level(at_level, lambda: ops.int_attention(q, k, v, streams, positions))
     _assert_all_equal(att)
     assert att["baseline"].tolist() == ref.attention(q.tolist(), k.tolist(), v.tolist(), streams.tolist(),
                                                      positions.tolist())
+
+
+def test_int_attention_past_the_double_bound(at_level):
+    """Products the double lanes cannot hold exactly, arranged so that a
+    rounding shows in the output: two dimensions summed in one lane, q = P at
+    both and k = (A, -A), cancel exactly, but P A = 2^56 - 2^30 + 3 rounds to
+    the nearest multiple of 8, leaving -3 in the lane. Key 0's remaining dot
+    3 * 2^15 + 1 then scores 1 instead of 0, and the value gets weights 2^16
+    and 2^16 - 1 rather than two equal ones. Every level must take exact sums
+    (avx512 its int64 ones) and match the reference."""
+    P, A = (1 << 28) - 1, (1 << 28) - 3
+    q = torch.zeros(2, 1, 16, dtype=torch.int32)  # two rows of one stream: a group at the vector levels
+    q[:, 0, 0] = q[:, 0, 8] = P
+    q[:, 0, 1] = 1
+    k = torch.zeros(1, 1, 2, 16, dtype=torch.int32)
+    k[0, 0, :, 0], k[0, 0, :, 8] = A, -A
+    k[0, 0, 0, 1] = 3 * (1 << 15) + 1
+    v = torch.zeros(1, 1, 2, 16, dtype=torch.int32)
+    v[0, 0, 1, :] = 1 << 24
+    streams, positions = torch.zeros(2, dtype=torch.int64), torch.ones(2, dtype=torch.int64)
+    att = _per_level(at_level, lambda: ops.int_attention(q, k, v, streams, positions))
+    _assert_all_equal(att)
+    expected = ref.attention(q.tolist(), k.tolist(), v.tolist(), streams.tolist(), positions.tolist())
+    assert att["baseline"].tolist() == expected
+    assert expected[0][0][0] != 1 << 23  # not the two equal weights' mean
 
 
 def test_int_m1_weights_identical_at_every_level_with_threads(at_level):

@@ -391,6 +391,15 @@ void rope_rows(const int32_t* x, const int32_t* cos, const int32_t* sin, const i
 //     across keys, a block of dimensions at a time.
 
 // sum_i a[i] * b[i] in int64.
+// Asks for the cache lines of n int32 from p ahead of their use. Attention
+// reads a stream's keys and values once per query (or group of queries),
+// row after row; left to the hardware prefetchers, its loops waited on
+// memory (docs/performance.md, "CPU levels").
+constexpr int64_t kKeysAhead = 8;
+inline void prefetch_int32(const int32_t* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+}
+
 int64_t dot_i32(const int32_t* a, const int32_t* b, int64_t n) {
   int64_t i = 0, s = 0;
 #if defined(__AVX512F__)
@@ -510,6 +519,7 @@ void weighted_sum(const int64_t* e, const int32_t* v, int64_t keys, int64_t hd, 
   for (; i0 + 32 <= hd; i0 += 32) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t j = 0; j < keys; ++j) {
+      if (j + kKeysAhead < keys) prefetch_int32(v + (j + kKeysAhead) * hd + i0, 32);
       const __m512i ev = _mm512_set1_epi64(e[j]);
       const int32_t* vr = v + j * hd + i0;
       auto term = [&](int o) {
@@ -529,6 +539,7 @@ void weighted_sum(const int64_t* e, const int32_t* v, int64_t keys, int64_t hd, 
   for (; i0 + 16 <= hd; i0 += 16) {
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t j = 0; j < keys; ++j) {
+      if (j + kKeysAhead < keys) prefetch_int32(v + (j + kKeysAhead) * hd + i0, 16);
       const __m256i ev = _mm256_set1_epi64x(e[j]);
       const int32_t* vr = v + j * hd + i0;
       auto term = [&](int o) {
@@ -571,6 +582,7 @@ void attention_row(const int32_t* qr, const int32_t* kb, const int32_t* vb, int6
   const int64_t inv_sqrt = inv_sqrt_q16(hd);
   int64_t peak = INT64_MIN;
   for (int64_t j = 0; j < keys; ++j) {
+    if (j + kKeysAhead < keys) prefetch_int32(kb + (j + kKeysAhead) * hd, hd);
     w[j] = attention_score(dot_i32(qr, kb + j * hd, hd), inv_sqrt);
     peak = w[j] > peak ? w[j] : peak;
   }
@@ -583,11 +595,13 @@ void attention_row(const int32_t* qr, const int32_t* kb, const int32_t* vb, int6
 // Grouped attention: the query rows of one stream (a teacher-forced block of
 // positions) read the same keys and values, so a group of them takes each key
 // and value from memory once, for all its queries; one query at a time would
-// stream the stream's whole cache from L2 or RAM again for every row. The
-// int64 lanes of a vector hold the group's queries: each key's G dot products
-// are summed across lanes together (one transpose-and-add tree for the group),
-// and each value row is multiplied by the G queries' weights while it is in
-// registers. The integers are those of attention_row: exact int64 sums.
+// stream the stream's whole cache from L2 or RAM again for every row. Each
+// key's G dot products are summed across lanes together (one transpose-and-
+// add tree for the group), and each value row is multiplied by the G
+// queries' weights while it is in registers. At avx2 the products are int64
+// lanes; at avx512 double lanes, where FMAs issue at twice vpmuldq's rate,
+// within bounds that keep every sum exact. The integers are those of
+// attention_row in every case.
 #if defined(__AVX512F__)
 constexpr int kAttnGroup = 8;       // queries per group: the int64 lanes of a zmm
 constexpr int64_t kAttnChunk = 16;  // head dimensions per vector of int32
@@ -637,21 +651,18 @@ constexpr int kAttnGroup = 1;  // no vectors: one row at a time
 #if defined(__AVX512F__) || defined(__AVX2__)
 constexpr int64_t kLanes64 = kAttnChunk / 2;  // int64 lanes per vector
 
-// G query rows qr[0..G) of one stream and head, hd a multiple of kAttnChunk.
-// scratch: int_attention_scratch(kAttnGroup, L, hd) int64.
+// Scores w[g][j] of G query rows against keys [0, keys_max) from exact int64
+// sums: products of int32 lanes, the odd dimensions moved into the low
+// halves (q_odd: scratch of G x hd int32 for the queries'). Exact wherever
+// hd max|q| max|k| < 2^63, which the integer M1's q and k (|.| <= kQKVLimit)
+// keep far from.
 template <int G>
-void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_t* kb, const int32_t* vb,
-                     int64_t hd, int64_t L, int64_t* scratch, int32_t* const* out) {
-  int64_t* w = scratch;                                                 // [G][L] scores, then weights
-  int64_t* num = scratch + kAttnGroup * L;                              // [G][hd]
-  int32_t* q_odd = reinterpret_cast<int32_t*>(num + kAttnGroup * hd);  // [G][hd] int32, halves swapped
-  int64_t keys_max = 0;
-  for (int g = 0; g < G; ++g) {
-    keys_max = keys[g] > keys_max ? keys[g] : keys_max;
+void group_scores_int64(const int32_t* const* qr, const int32_t* kb, int64_t keys_max, int64_t hd, int64_t L,
+                        int64_t inv_sqrt, int32_t* q_odd, int64_t* w) {
+  for (int g = 0; g < G; ++g)
     for (int64_t c = 0; c < hd; c += kAttnChunk) lanes_store(q_odd + g * hd + c, lanes_swap(lanes_load(qr[g] + c)));
-  }
-  const int64_t inv_sqrt = inv_sqrt_q16(hd);
   for (int64_t j = 0; j < keys_max; ++j) {
+    if (j + kKeysAhead < keys_max) prefetch_int32(kb + (j + kKeysAhead) * hd, hd);
     Lanes acc[kAttnGroup];
     for (int g = 0; g < kAttnGroup; ++g) acc[g] = lanes_zero();
     const int32_t* kr = kb + j * hd;
@@ -665,19 +676,107 @@ void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_
     lanes_store(dots, lanes_transpose_sum(acc));
     for (int g = 0; g < G; ++g) w[g * L + j] = attention_score(dots[g], inv_sqrt);
   }
-  int64_t den[G];
-  for (int g = 0; g < G; ++g) {
-    int64_t* wg = w + g * L;
-    int64_t peak = INT64_MIN;
-    for (int64_t j = 0; j < keys[g]; ++j) peak = wg[j] > peak ? wg[j] : peak;
-    den[g] = attention_weights(wg, keys[g], peak);
-    for (int64_t j = keys[g]; j < keys_max; ++j) wg[j] = 0;  // beyond this query's position
+}
+
+// Blocks of keys at a time, so that a block's value rows stay in L1 while
+// each chunk of dimensions passes over them.
+constexpr int64_t kKeyBlock = 64;
+
+#if defined(__AVX512F__)
+// The same scores from double lanes: one FMA multiplies and adds 8 products
+// where the int64 lanes take two instructions for 8, and AVX-512 cores issue
+// two FMAs a cycle but one vpmuldq. Each lane of a query's accumulator sums
+// hd / 8 products, all integers, exactly while (hd / 8) max|q| max|k| <=
+// 2^53: for the integer M1's q and k (|.| <= 2^24) at every head size up to
+// kMaxHeadDim. The lanes then go to int64 (exact) and into the same
+// transpose-and-add tree. The largest magnitudes are tracked on the way;
+// for inputs past the bound it returns false and the caller takes the int64
+// sums. qd: scratch of G x hd doubles.
+template <int G>
+bool group_scores_double(const int32_t* const* qr, const int32_t* kb, int64_t keys_max, int64_t hd, int64_t L,
+                         int64_t inv_sqrt, double* qd, int64_t* w) {
+  __m512i q_max = _mm512_setzero_si512(), k_max = q_max;  // |.| as uint32 (|INT32_MIN| = 2^31)
+  for (int g = 0; g < G; ++g)
+    for (int64_t c = 0; c < hd; c += 16) {
+      const __m512i x = _mm512_loadu_si512(qr[g] + c);
+      q_max = _mm512_max_epu32(q_max, _mm512_abs_epi32(x));
+      _mm512_storeu_pd(qd + g * hd + c, _mm512_cvtepi32_pd(_mm512_castsi512_si256(x)));
+      _mm512_storeu_pd(qd + g * hd + c + 8, _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(x, 1)));
+    }
+  for (int64_t j = 0; j < keys_max; ++j) {
+    if (j + kKeysAhead < keys_max) prefetch_int32(kb + (j + kKeysAhead) * hd, hd);
+    __m512d acc[G];
+    for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_pd();
+    const int32_t* kr = kb + j * hd;
+    for (int64_t c = 0; c < hd; c += 16) {
+      const __m512i k = _mm512_loadu_si512(kr + c);
+      k_max = _mm512_max_epu32(k_max, _mm512_abs_epi32(k));
+      const __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(k));
+      const __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(k, 1));
+      for (int g = 0; g < G; ++g) {
+        acc[g] = _mm512_fmadd_pd(_mm512_loadu_pd(qd + g * hd + c), lo, acc[g]);
+        acc[g] = _mm512_fmadd_pd(_mm512_loadu_pd(qd + g * hd + c + 8), hi, acc[g]);
+      }
+    }
+    Lanes sums[kAttnGroup];
+    for (int g = 0; g < G; ++g) sums[g] = _mm512_cvtpd_epi64(acc[g]);
+    for (int g = G; g < kAttnGroup; ++g) sums[g] = lanes_zero();
+    alignas(64) int64_t dots[kLanes64];
+    lanes_store(dots, lanes_transpose_sum(sums));
+    for (int g = 0; g < G; ++g) w[g * L + j] = attention_score(dots[g], inv_sqrt);
   }
-  // The weighted sums, a block of keys at a time so that the block's value
-  // rows stay in L1 while each chunk of dimensions passes over them; per
-  // query and chunk, num holds the even dimensions' sums (lane l: dimension
-  // c + 2l), then the odd ones'.
-  constexpr int64_t kKeyBlock = 64;
+  const uint64_t qm = _mm512_reduce_max_epu32(q_max), km = _mm512_reduce_max_epu32(k_max);  // <= 2^31 each
+  return qm * km <= (uint64_t(1) << 53) / uint64_t(hd / 8);
+}
+
+// num[g][d] = sum_j w[g][j] v[j][d] in double lanes, the weights w as
+// doubles (wd, [G][L]): a block's sums are at most 64 weights of
+// 2^kAttnFrac times |v| <= 2^31, 2^53, exact for every int32 value; each
+// block's goes to int64 (exact) and is added there.
+template <int G>
+void group_sums(const double* wd, const int32_t* vb, int64_t keys_max, int64_t hd, int64_t L, int64_t* num) {
+  static_assert(kKeyBlock << (kAttnFrac + 31) <= int64_t(1) << 53, "a block's sums stay exact in double");
+  for (int64_t j0 = 0; j0 < keys_max; j0 += kKeyBlock) {
+    const int64_t j1 = j0 + kKeyBlock < keys_max ? j0 + kKeyBlock : keys_max;
+    for (int64_t c = 0; c < hd; c += 16) {
+      __m512d lo[G], hi[G];
+      for (int g = 0; g < G; ++g) lo[g] = hi[g] = _mm512_setzero_pd();
+      for (int64_t j = j0; j < j1; ++j) {
+        if (j + kKeyBlock < keys_max) prefetch_int32(vb + (j + kKeyBlock) * hd + c, 16);  // the next block's
+        const __m512i v = _mm512_loadu_si512(vb + j * hd + c);
+        const __m512d v_lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(v));
+        const __m512d v_hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1));
+        for (int g = 0; g < G; ++g) {
+          const __m512d e = _mm512_set1_pd(wd[g * L + j]);
+          lo[g] = _mm512_fmadd_pd(e, v_lo, lo[g]);
+          hi[g] = _mm512_fmadd_pd(e, v_hi, hi[g]);
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        int64_t* n = num + g * hd + c;
+        const __m512i a = _mm512_cvtpd_epi64(lo[g]), b = _mm512_cvtpd_epi64(hi[g]);
+        lanes_store(n, j0 ? lanes_add(lanes_load(n), a) : a);
+        lanes_store(n + 8, j0 ? lanes_add(lanes_load(n + 8), b) : b);
+      }
+    }
+  }
+}
+
+// The weights of [0, n) as doubles, in place (integers below 2^53: exact).
+void weights_to_double(int64_t* w, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm512_storeu_pd(w + j, _mm512_cvtepi64_pd(_mm512_loadu_si512(w + j)));
+  for (; j < n; ++j) {
+    const double d = double(w[j]);
+    __builtin_memcpy(w + j, &d, sizeof d);
+  }
+}
+#else
+// num[g][d] = sum_j w[g][j] v[j][d] in int64 lanes: per query and chunk,
+// the even dimensions' sums (lane l: dimension c + 2l), then the odd ones',
+// put in order at the end.
+template <int G>
+void group_sums(const int64_t* w, const int32_t* vb, int64_t keys_max, int64_t hd, int64_t L, int64_t* num) {
   for (int64_t j0 = 0; j0 < keys_max; j0 += kKeyBlock) {
     const int64_t j1 = j0 + kKeyBlock < keys_max ? j0 + kKeyBlock : keys_max;
     for (int64_t c = 0; c < hd; c += kAttnChunk) {
@@ -687,6 +786,7 @@ void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_
         odd[g] = j0 ? lanes_load(num + g * hd + c + kLanes64) : lanes_zero();
       }
       for (int64_t j = j0; j < j1; ++j) {
+        if (j + kKeyBlock < keys_max) prefetch_int32(vb + (j + kKeyBlock) * hd + c, kAttnChunk);  // the next block's
         const Lanes v_even = lanes_load(vb + j * hd + c), v_odd = lanes_swap(v_even);
         for (int g = 0; g < G; ++g) {
           const Lanes e = lanes_set(w[g * L + j]);  // 0 <= e <= 2^kAttnFrac: its low int32 half
@@ -700,13 +800,52 @@ void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_
       }
     }
   }
+  for (int g = 0; g < G; ++g)
+    for (int64_t c = 0; c < hd; c += kAttnChunk) {
+      int64_t split[kAttnChunk];
+      __builtin_memcpy(split, num + g * hd + c, sizeof split);
+      for (int64_t l = 0; l < kLanes64; ++l) {
+        num[g * hd + c + 2 * l] = split[l];
+        num[g * hd + c + 2 * l + 1] = split[kLanes64 + l];
+      }
+    }
+}
+#endif
+
+// G query rows qr[0..G) of one stream and head, hd a multiple of kAttnChunk.
+// scratch: int_attention_scratch(kAttnGroup, L, hd) int64.
+template <int G>
+void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_t* kb, const int32_t* vb,
+                     int64_t hd, int64_t L, int64_t* scratch, int32_t* const* out) {
+  int64_t* w = scratch;                        // [G][L] scores, then weights
+  int64_t* num = scratch + kAttnGroup * L;     // [G][hd] weighted sums
+  int64_t* queries = num + kAttnGroup * hd;    // [G][hd]: the queries as the score loop takes them
+  int64_t keys_max = 0;
+  for (int g = 0; g < G; ++g) keys_max = keys[g] > keys_max ? keys[g] : keys_max;
+  const int64_t inv_sqrt = inv_sqrt_q16(hd);
+#if defined(__AVX512F__)
+  if (!group_scores_double<G>(qr, kb, keys_max, hd, L, inv_sqrt, reinterpret_cast<double*>(queries), w))
+#endif
+    group_scores_int64<G>(qr, kb, keys_max, hd, L, inv_sqrt, reinterpret_cast<int32_t*>(queries), w);
+  int64_t den[G];
+  for (int g = 0; g < G; ++g) {
+    int64_t* wg = w + g * L;
+    int64_t peak = INT64_MIN;
+    for (int64_t j = 0; j < keys[g]; ++j) peak = wg[j] > peak ? wg[j] : peak;
+    den[g] = attention_weights(wg, keys[g], peak);
+    for (int64_t j = keys[g]; j < keys_max; ++j) wg[j] = 0;  // beyond this query's position
+#if defined(__AVX512F__)
+    weights_to_double(wg, keys_max);
+#endif
+  }
+#if defined(__AVX512F__)
+  group_sums<G>(reinterpret_cast<const double*>(w), vb, keys_max, hd, L, num);
+#else
+  group_sums<G>(w, vb, keys_max, hd, L, num);
+#endif
   for (int g = 0; g < G; ++g) {
     const double inv_den = 1.0 / double(den[g]);
-    for (int64_t c = 0; c < hd; c += kAttnChunk)
-      for (int64_t l = 0; l < kLanes64; ++l) {
-        out[g][c + 2 * l] = attention_output(num[g * hd + c + l], den[g], inv_den);
-        out[g][c + 2 * l + 1] = attention_output(num[g * hd + c + kLanes64 + l], den[g], inv_den);
-      }
+    for (int64_t d = 0; d < hd; ++d) out[g][d] = attention_output(num[g * hd + d], den[g], inv_den);
   }
 }
 
