@@ -614,7 +614,7 @@ inline Lanes lanes_mul(Lanes a, Lanes b) { return _mm512_mul_epi32(a, b); }  // 
 inline Lanes lanes_swap(Lanes a) { return _mm512_shuffle_epi32(a, _MM_PERM_CDAB); }  // odd int32 to the low halves
 inline Lanes lanes_set(int64_t x) { return _mm512_set1_epi64(x); }
 // Lane g of the result: the sum of a[g]'s eight lanes.
-inline Lanes lanes_transpose_sum(const Lanes* a) {
+__attribute__((always_inline)) inline Lanes lanes_transpose_sum(const Lanes* a) {
   // Two-source permutes of 128-bit chunks: (x.c0, x.c2, y.c0, y.c2) and (x.c1, x.c3, y.c1, y.c3).
   const __m512i even_chunks = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
   const __m512i odd_chunks = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
@@ -639,7 +639,7 @@ inline Lanes lanes_add(Lanes a, Lanes b) { return _mm256_add_epi64(a, b); }
 inline Lanes lanes_mul(Lanes a, Lanes b) { return _mm256_mul_epi32(a, b); }
 inline Lanes lanes_swap(Lanes a) { return _mm256_shuffle_epi32(a, 0xb1); }
 inline Lanes lanes_set(int64_t x) { return _mm256_set1_epi64x(x); }
-inline Lanes lanes_transpose_sum(const Lanes* a) {
+__attribute__((always_inline)) inline Lanes lanes_transpose_sum(const Lanes* a) {
   const Lanes t0 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[0], a[1]), _mm256_unpackhi_epi64(a[0], a[1]));
   const Lanes t1 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[2], a[3]), _mm256_unpackhi_epi64(a[2], a[3]));
   return _mm256_add_epi64(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
