@@ -385,12 +385,12 @@ void rope_rows(const int32_t* x, const int32_t* cos, const int32_t* sin, const i
 // avx512 levels, each lane computing the scalar functions' integers exactly:
 //   - scores: int64 sums of int32 products. vpmuldq multiplies the low 32 bits
 //     of 64-bit lanes as signed numbers, so one load of 16 (8) int32 gives the
-//     even elements' products directly and the odd ones' after a 32-bit shift;
+//     even elements' products directly and the odd ones' after a 32-bit shift
+//     (the grouped path at avx512 uses double lanes, below);
 //   - weights: exp_nonpositive over 8 (4) keys at a time (below);
 //   - the weighted sum of values, with its accumulators held in registers
 //     across keys, a block of dimensions at a time.
 
-// sum_i a[i] * b[i] in int64.
 // Asks for the cache lines of n int32 from p ahead of their use. Attention
 // reads a stream's keys and values once per query (or group of queries),
 // row after row; left to the hardware prefetchers, its loops waited on
@@ -400,6 +400,7 @@ inline void prefetch_int32(const int32_t* p, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i);
 }
 
+// sum_i a[i] * b[i] in int64.
 int64_t dot_i32(const int32_t* a, const int32_t* b, int64_t n) {
   int64_t i = 0, s = 0;
 #if defined(__AVX512F__)
