@@ -565,8 +565,8 @@ void weighted_sum(const int64_t* e, const int32_t* v, int64_t keys, int64_t hd, 
 
 // clamp32(round_div(num, den), kQKVLimit) without a 64-bit division per
 // value: with m = |num| + floor(den / 2) the magnitude is floor(m / den).
-// m / den in double (the quotient, a weighted mean of values below 2^25, is
-// far below 2^50, so the estimate is off by less than one) and integer
+// m / den in double (the quotient, a weighted mean of int32 values, is far
+// below 2^50, so the estimate is off by less than one) and integer
 // corrections, which make it exact whatever the estimate.
 inline int32_t attention_output(int64_t num, int64_t den, double inv_den) {
   const int64_t m = (num < 0 ? -num : num) + den / 2;
@@ -730,13 +730,25 @@ bool group_scores_double(const int32_t* const* qr, const int32_t* kb, int64_t ke
   return qm * km <= (uint64_t(1) << 53) / uint64_t(hd / 8);
 }
 
-// num[g][d] = sum_j w[g][j] v[j][d] in double lanes, the weights w as
-// doubles (wd, [G][L]): a block's sums are at most 64 weights of
+// The weights of [0, n) as doubles, in place (integers below 2^53: exact).
+void weights_to_double(int64_t* w, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm512_storeu_pd(w + j, _mm512_cvtepi64_pd(_mm512_loadu_si512(w + j)));
+  for (; j < n; ++j) {
+    const double d = double(w[j]);
+    __builtin_memcpy(w + j, &d, sizeof d);
+  }
+}
+
+// num[g][d] = sum_j w[g][j] v[j][d] in double lanes, the weights turned into
+// doubles in place first: a block's sums are at most 64 weights of
 // 2^kAttnFrac times |v| <= 2^31, 2^53, exact for every int32 value; each
 // block's goes to int64 (exact) and is added there.
 template <int G>
-void group_sums(const double* wd, const int32_t* vb, int64_t keys_max, int64_t hd, int64_t L, int64_t* num) {
+void group_sums(int64_t* w, const int32_t* vb, int64_t keys_max, int64_t hd, int64_t L, int64_t* num) {
   static_assert(kKeyBlock << (kAttnFrac + 31) <= int64_t(1) << 53, "a block's sums stay exact in double");
+  for (int g = 0; g < G; ++g) weights_to_double(w + g * L, keys_max);
+  const double* wd = reinterpret_cast<const double*>(w);
   for (int64_t j0 = 0; j0 < keys_max; j0 += kKeyBlock) {
     const int64_t j1 = j0 + kKeyBlock < keys_max ? j0 + kKeyBlock : keys_max;
     for (int64_t c = 0; c < hd; c += 16) {
@@ -762,22 +774,12 @@ void group_sums(const double* wd, const int32_t* vb, int64_t keys_max, int64_t h
     }
   }
 }
-
-// The weights of [0, n) as doubles, in place (integers below 2^53: exact).
-void weights_to_double(int64_t* w, int64_t n) {
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) _mm512_storeu_pd(w + j, _mm512_cvtepi64_pd(_mm512_loadu_si512(w + j)));
-  for (; j < n; ++j) {
-    const double d = double(w[j]);
-    __builtin_memcpy(w + j, &d, sizeof d);
-  }
-}
 #else
 // num[g][d] = sum_j w[g][j] v[j][d] in int64 lanes: per query and chunk,
 // the even dimensions' sums (lane l: dimension c + 2l), then the odd ones',
 // put in order at the end.
 template <int G>
-void group_sums(const int64_t* w, const int32_t* vb, int64_t keys_max, int64_t hd, int64_t L, int64_t* num) {
+void group_sums(int64_t* w, const int32_t* vb, int64_t keys_max, int64_t hd, int64_t L, int64_t* num) {
   for (int64_t j0 = 0; j0 < keys_max; j0 += kKeyBlock) {
     const int64_t j1 = j0 + kKeyBlock < keys_max ? j0 + kKeyBlock : keys_max;
     for (int64_t c = 0; c < hd; c += kAttnChunk) {
@@ -835,15 +837,8 @@ void attention_group(const int32_t* const* qr, const int64_t* keys, const int32_
     for (int64_t j = 0; j < keys[g]; ++j) peak = wg[j] > peak ? wg[j] : peak;
     den[g] = attention_weights(wg, keys[g], peak);
     for (int64_t j = keys[g]; j < keys_max; ++j) wg[j] = 0;  // beyond this query's position
-#if defined(__AVX512F__)
-    weights_to_double(wg, keys_max);
-#endif
   }
-#if defined(__AVX512F__)
-  group_sums<G>(reinterpret_cast<const double*>(w), vb, keys_max, hd, L, num);
-#else
   group_sums<G>(w, vb, keys_max, hd, L, num);
-#endif
   for (int g = 0; g < G; ++g) {
     const double inv_den = 1.0 / double(den[g]);
     for (int64_t d = 0; d < hd; ++d) out[g][d] = attention_output(num[g * hd + d], den[g], inv_den);
