@@ -148,12 +148,26 @@ def test_empty_and_one_symbol_streams():
     data, nbits = round_trip(dist, False, sym, lengths, precision)
     assert nbits[0] == 0 and nbits[2] == 0 and (data[0] == 0).all()
     check_against_reference(dist, False, sym, lengths, precision, data, nbits)
-    # T = 0 and B = 0.
-    data, nbits = ops.encode(torch.rand(2, 0, V), torch.zeros(2, 0, dtype=torch.int64), precision=precision)
-    assert nbits.tolist() == [0, 0]
-    assert ops.decode(torch.rand(2, 0, V), data, nbits, precision=precision).shape == (2, 0)
-    data, nbits = ops.encode(torch.rand(0, 4, V), torch.zeros(0, 4, dtype=torch.int64), precision=precision)
-    assert data.shape[0] == 0 and nbits.shape == (0,)
+    # T = 0 and B = 0, with either symbol dtype.
+    for dtype in (torch.int64, torch.int32):
+        data, nbits = ops.encode(torch.rand(2, 0, V), torch.zeros(2, 0, dtype=dtype), precision=precision)
+        assert nbits.tolist() == [0, 0]
+        assert ops.decode(torch.rand(2, 0, V), data, nbits, precision=precision).shape == (2, 0)
+        data, nbits = ops.encode(torch.rand(0, 4, V), torch.zeros(0, 4, dtype=dtype), precision=precision)
+        assert data.shape[0] == 0 and nbits.shape == (0,)
+
+
+def test_int32_symbols_give_the_int64_code():
+    gen = torch.Generator().manual_seed(3)
+    dist = torch.rand(3, 200, 257, generator=gen)
+    sym = torch.randint(0, 257, (3, 200), generator=gen)
+    lengths = torch.tensor([200, 17, 0])
+    wide = ops.encode(dist, sym, lengths, precision=24)
+    narrow = ops.encode(dist, sym.to(torch.int32), lengths, precision=24)
+    assert all(torch.equal(a, b) for a, b in zip(wide, narrow))
+    decoded = ops.decode(dist, *narrow, lengths, precision=24)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.equal(decoded[b, :n], sym[b, :n])
 
 
 def test_static_model_stride_zero():

@@ -12,10 +12,24 @@ namespace {
 
 using at::Tensor;
 
-// Scratch for one row: fixed-point weights and the CDF.
-struct RowScratch {
-  std::vector<uint32_t> q, cdf;
-  explicit RowScratch(int64_t V) : q(V), cdf(V + 1) {}
+// Scratch for one row: fixed-point weights and the CDF, each starting on a
+// cache line. The row loops read and write them a whole vector at a time; a
+// vector that straddles two lines costs two accesses (malloc aligns to 16
+// bytes only).
+class RowScratch {
+ public:
+  explicit RowScratch(int64_t V) : q_(padded(V)), cdf_(padded(V + 1)) {}
+  uint32_t* q() { return aligned(q_); }
+  uint32_t* cdf() { return aligned(cdf_); }
+
+ private:
+  static constexpr int64_t kLine = 64 / sizeof(uint32_t);
+  static int64_t padded(int64_t n) { return n + kLine; }
+  static uint32_t* aligned(std::vector<uint32_t>& v) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+    return reinterpret_cast<uint32_t*>((p + 63) & ~uintptr_t(63));
+  }
+  std::vector<uint32_t> q_, cdf_;
 };
 
 template <typename T>
@@ -23,10 +37,21 @@ const T* row_ptr(const Tensor& dist) {
   return reinterpret_cast<const T*>(dist.data_ptr());
 }
 
-int64_t symbol_at(const Tensor& symbols, int64_t i) {
-  return symbols.scalar_type() == at::kLong ? symbols.data_ptr<int64_t>()[i]
-                                            : int64_t(symbols.data_ptr<int32_t>()[i]);
-}
+// Reads a contiguous int64 or int32 symbol tensor; the pointer is taken once,
+// outside the row loops (data_ptr checks the dtype on every call).
+class Symbols {
+ public:
+  explicit Symbols(const Tensor& t)
+      : wide_(t.scalar_type() == at::kLong),
+        p64_(wide_ ? t.data_ptr<int64_t>() : nullptr),
+        p32_(wide_ ? nullptr : t.data_ptr<int32_t>()) {}
+  int64_t operator[](int64_t i) const { return wide_ ? p64_[i] : int64_t(p32_[i]); }
+
+ private:
+  bool wide_;
+  const int64_t* p64_;
+  const int32_t* p32_;
+};
 
 // Calls f with the dist element type (float or uint16_t for bfloat16 bits).
 template <typename F>
@@ -68,7 +93,7 @@ std::tuple<Tensor, Tensor> quantize_cpu(const Tensor& dist_in, int64_t precision
       for (int64_t row = begin; row < end; ++row) {
         if (row + 1 < end) prefetch_row(base + (row + 1) * V, V);
         uint32_t* out = reinterpret_cast<uint32_t*>(cdf_p + row * (V + 1));
-        int32_t st = quantizer.cdf(base + row * V, V, int(precision), logits, scratch.q.data(), out);
+        int32_t st = quantizer.cdf(base + row * V, V, int(precision), logits, scratch.q(), out);
         st_p[row] = st;
         if (st != kOk) std::fill(out, out + V + 1, 0u);
       }
@@ -90,7 +115,8 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
               "symbols must have shape [B, T] = [", B, ", ", T, "], got ", symbols_in.sizes());
   check_lengths(lengths_in, B, T);
   if (max_bytes <= 0) max_bytes = max_stream_bytes(T, precision);
-  Tensor symbols = symbols_in.contiguous();
+  Tensor symbols_tensor = symbols_in.contiguous();
+  const Symbols symbols(symbols_tensor);
   Tensor lengths = lengths_in.to(at::kLong).contiguous();
   Tensor out = at::zeros({B, max_bytes}, dist.options().dtype(at::kByte));
   Tensor nbits = at::zeros({B}, dist.options().dtype(at::kLong));
@@ -108,12 +134,13 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
         StreamEncoder enc;
         stream_encoder_init(&enc);
         int32_t s_code = kOk;
-        for (int64_t t = 0; t < len_p[b] && s_code == kOk; ++t) {
-          if (t + 2 < len_p[b]) prefetch_row(base + b * sb + (t + 2) * st, V);
-          int64_t sym = symbol_at(symbols, b * T + t);
+        const int64_t len = len_p[b];
+        for (int64_t t = 0; t < len && s_code == kOk; ++t) {
+          if (t + 2 < len) prefetch_row(base + b * sb + (t + 2) * st, V);
+          int64_t sym = symbols[b * T + t];
           if (sym < 0 || sym >= V) { s_code = kErrSymbol; break; }
           uint32_t cum, freq;
-          s_code = quantizer.symbol(base + b * sb + t * st, V, int(precision), logits, sym, scratch.q.data(),
+          s_code = quantizer.symbol(base + b * sb + t * st, V, int(precision), logits, sym, scratch.q(),
                                        &cum, &freq);
           if (s_code != kOk) break;
           s_code = stream_encode(&enc, o, max_bytes, cum, freq, int(precision));
@@ -138,7 +165,7 @@ int64_t stream_decode_one(StreamDecoder* dec, const uint8_t* in, int64_t nbytes,
                           int precision, bool logits, const RowQuantizer<E>& quantizer, RowScratch& scratch) {
   uint32_t target = stream_decode_target(dec, precision), cum, freq;
   int64_t s;
-  int32_t st = quantizer.find(row, V, precision, logits, target, scratch.q.data(), &s, &cum, &freq);
+  int32_t st = quantizer.find(row, V, precision, logits, target, scratch.q(), &s, &cum, &freq);
   if (st != kOk) return -st;
   st = stream_decode_consume(dec, in, nbytes, cum, freq, precision);
   if (st != kOk) return -st;
@@ -160,6 +187,7 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in,
   Tensor symbols = at::full({B, T}, -1, dist.options().dtype(at::kLong));
   Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
   const int64_t sb = dist.stride(0), st = dist.stride(1), N = data.size(1);
+  const int64_t* len_p = lengths.data_ptr<int64_t>();
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
@@ -173,8 +201,9 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in,
         stream_decoder_init(&dec, in, nbytes);
         int64_t* out = symbols.data_ptr<int64_t>() + b * T;
         int32_t code = kOk;
-        for (int64_t t = 0; t < lengths.data_ptr<int64_t>()[b]; ++t) {
-          if (t + 2 < lengths.data_ptr<int64_t>()[b]) prefetch_row(base + b * sb + (t + 2) * st, V);
+        const int64_t len = len_p[b];
+        for (int64_t t = 0; t < len; ++t) {
+          if (t + 2 < len) prefetch_row(base + b * sb + (t + 2) * st, V);
           int64_t s = stream_decode_one(&dec, in, nbytes, base + b * sb + t * st, V, int(precision), logits,
                                         quantizer, scratch);
           if (s < 0) { code = int32_t(-s); break; }
@@ -200,7 +229,8 @@ Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, co
   check_precision(precision, V);
   check_state(state, B, words_of(sizeof(StreamEncoder)), "stream encoder");
   check_out_buffer(out, B);
-  Tensor symbols = symbols_in.contiguous();
+  Tensor symbols_tensor = symbols_in.contiguous();
+  const Symbols symbols(symbols_tensor);
   Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
   const int64_t cap = out.size(1), sb = dist.stride(0);
   with_dist_type(dist, [&](auto tag) {
@@ -210,14 +240,14 @@ Tensor stream_encode_step_cpu(Tensor& state, Tensor& out, const Tensor& dist, co
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
-        int64_t sym = symbol_at(symbols, b);
+        int64_t sym = symbols[b];
         if (sym < 0) continue;
         int32_t& st = status.data_ptr<int32_t>()[b];
         if (sym >= V) { st = kErrSymbol; continue; }
         StreamEncoder* e = state_ptr<StreamEncoder>(state) + b;
         if (!stream_encoder_valid(*e, cap)) { st = kErrState; continue; }
         uint32_t cum, freq;
-        st = quantizer.symbol(base + b * sb, V, int(precision), logits, sym, scratch.q.data(), &cum, &freq);
+        st = quantizer.symbol(base + b * sb, V, int(precision), logits, sym, scratch.q(), &cum, &freq);
         if (st != kOk) continue;
         st = stream_encode(e, out.data_ptr<uint8_t>() + b * cap, cap, cum, freq, int(precision));
       }
@@ -293,7 +323,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
   check_budget(budget_bits, precision);
   TORCH_CHECK(max_symbols >= 1 && max_symbols <= INT32_MAX, "max_symbols must be in [1, 2^31), got ", max_symbols);
   check_state(state, B, words_of(sizeof(WindowEncoder)), "window encoder");
-  Tensor symbols = symbols_in.contiguous();
+  Tensor symbols_tensor = symbols_in.contiguous();
+  const Symbols symbols(symbols_tensor);
   auto opts = dist.options();
   Tensor event = at::full({B}, -1, opts.dtype(at::kInt));
   Tensor codes = at::zeros({B, budget_bits / 8}, opts.dtype(at::kByte));
@@ -308,16 +339,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_encode_step_cpu(Tensor
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
-        int64_t sym = symbol_at(symbols, b);
+        int64_t sym = symbols[b];
         if (sym < 0) continue;
         int32_t& st = status.data_ptr<int32_t>()[b];
         if (sym >= V) { st = kErrSymbol; continue; }
         WindowEncoder* e = state_ptr<WindowEncoder>(state) + b;
         if (!window_encoder_valid(*e)) { st = kErrState; continue; }
-        st = quantizer.cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
+        st = quantizer.cdf(base + b * sb, V, int(precision), logits, scratch.q(), scratch.cdf());
         if (st != kOk) continue;
         WindowClose close;
-        int32_t ev = window_encode(e, window_candidate(scratch.cdf.data(), V), sym,
+        int32_t ev = window_encode(e, window_candidate(scratch.cdf(), V), sym,
                                    int(precision), int(budget_bits), int32_t(max_symbols), &close);
         event.data_ptr<int32_t>()[b] = ev;
         if (ev != kWindowAccepted) {
@@ -419,10 +450,10 @@ std::tuple<Tensor, Tensor, Tensor> window_decode_step_cpu(Tensor& state, const T
           continue;
         }
         if (!window_decoder_valid(*d)) { status.data_ptr<int32_t>()[b] = kErrState; continue; }
-        int32_t st = quantizer.cdf(base + b * sb, V, int(precision), logits, scratch.q.data(), scratch.cdf.data());
+        int32_t st = quantizer.cdf(base + b * sb, V, int(precision), logits, scratch.q(), scratch.cdf());
         if (st != kOk) { status.data_ptr<int32_t>()[b] = st; continue; }
         int64_t s;
-        if (window_decode_symbol(d, window_candidate(scratch.cdf.data(), V), int(precision), int(budget_bits),
+        if (window_decode_symbol(d, window_candidate(scratch.cdf(), V), int(precision), int(budget_bits),
                                  &s)) {
           symbols.data_ptr<int64_t>()[b] = s;
           if (s == eos) d->done = 1;
