@@ -18,18 +18,23 @@ using at::Tensor;
 // bytes only).
 class RowScratch {
  public:
-  explicit RowScratch(int64_t V) : q_(padded(V)), cdf_(padded(V + 1)) {}
-  uint32_t* q() { return aligned(q_); }
-  uint32_t* cdf() { return aligned(cdf_); }
+  explicit RowScratch(int64_t V)
+      : buffer_(line_up(V) + line_up(V + 1) + kLine), q_(first_line()), cdf_(q_ + line_up(V)) {}
+  RowScratch(const RowScratch&) = delete;
+  RowScratch& operator=(const RowScratch&) = delete;
+  uint32_t* q() { return q_; }
+  uint32_t* cdf() { return cdf_; }
 
  private:
   static constexpr int64_t kLine = 64 / sizeof(uint32_t);
-  static int64_t padded(int64_t n) { return n + kLine; }
-  static uint32_t* aligned(std::vector<uint32_t>& v) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+  static int64_t line_up(int64_t n) { return (n + kLine - 1) / kLine * kLine; }
+  uint32_t* first_line() {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(buffer_.data());
     return reinterpret_cast<uint32_t*>((p + 63) & ~uintptr_t(63));
   }
-  std::vector<uint32_t> q_, cdf_;
+  std::vector<uint32_t> buffer_;
+  uint32_t* q_;
+  uint32_t* cdf_;
 };
 
 template <typename T>
