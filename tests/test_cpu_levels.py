@@ -26,6 +26,7 @@ import torch
 
 import context_models as cm
 import int_reference as ref
+import reference_coder as coder_ref
 from ncx import _C, ops
 from ncx.int_m1 import quantize_m1
 from ncx.methods import ACMethod, EqualInfoACMethod
@@ -214,6 +215,36 @@ def test_decoder_finds_symbols_at_block_edges_at_every_level(at_level, V):
         dec = _per_level(at_level, lambda: ops.decode(dist[None], data, nbits, precision=precision))
         _assert_all_equal(dec)
         assert torch.equal(dec["baseline"][0], symbols)
+
+
+@pytest.mark.parametrize("V", [8, 15, 16, 17, 31, 256, 257, 280])
+def test_encoder_sums_below_every_symbol_at_every_level(at_level, V):
+    """The encoder's sums below s are running totals stored per vector plus
+    the lanes of s's own vector below s, and the remainder goes to the first
+    index of the largest fixed-point weight. Coding every symbol of a row with
+    the largest weight before, at and after it, and another weight whose fixed
+    point ties with the largest (1.5 and 1.5 + 2^-23: the last mantissa bit is
+    dropped) on the far side, checks every lane split and the remainder's
+    place at every level against the reference coder."""
+    gen = torch.Generator().manual_seed(V)
+    rows, symbols = [], []
+    for s in range(V):
+        for peak in sorted({max(s - 1, 0), s, min(s + 1, V - 1)}):
+            row = torch.rand(V, generator=gen) ** 4
+            row[peak] = 1.5 + 2.0**-23
+            row[(peak + V // 2) % V] = 1.5
+            rows.append(row)
+            symbols.append(s)
+    dist, symbols = torch.stack(rows)[None], torch.tensor(symbols)[None]
+    for precision in (16, 24):
+        enc = _per_level(at_level, lambda: ops.encode(dist, symbols, precision=precision))
+        _assert_all_equal(enc)
+        cdf, status = coder_ref.quantize(dist[0], precision)
+        assert (status == 0).all()
+        want, want_bits = coder_ref.stream_encode(cdf, symbols[0].tolist(), precision)
+        data, nbits = enc["baseline"]
+        assert int(nbits[0]) == want_bits
+        assert data[0].numpy().tobytes()[: len(want)] == want
 
 
 def _peaky_int_m1():

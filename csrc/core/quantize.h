@@ -313,7 +313,9 @@ NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w,
       for (int32_t i = 0; i < int32_t(V); ++i) accumulate(i, q[i]);
     } else {
       for (int32_t i = 0; i < int32_t(V); ++i)
-        accumulate(i, uint32_t(int32_t(mul_rn(bits_to_float(load_bits(row, i) & 0x7fffffffu), scale))));
+        // No sign mask: a valid row's only sign bit is -0's, and -0 * scale
+        // truncates to 0 as +0 does.
+        accumulate(i, uint32_t(int32_t(mul_rn(bits_to_float(load_bits(row, i)), scale))));
     }
   } else if (logits) {
     for (int32_t i = 0; i < int32_t(V); ++i)
@@ -372,6 +374,17 @@ inline __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m256i shift) {
   const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
   return _mm256_or_si256(even, _mm256_slli_epi64(odd, 32));
 }
+// The low 32 bits of the sum of four 64-bit lanes (sums of f, below 2^32).
+inline uint32_t sum_lanes64(__m256i v) {
+  const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  return uint32_t(_mm_cvtsi128_si32(_mm_add_epi64(s, _mm_unpackhi_epi64(s, s))));
+}
+inline uint32_t max_lanes8(__m256i v) {
+  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4e));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xb1));
+  return uint32_t(_mm_cvtsi128_si32(m));
+}
 inline uint32_t sum_lanes8(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -381,14 +394,23 @@ inline uint32_t sum_lanes8(__m256i v) {
 #endif
 
 // For encoding symbol s: sum f_i over [0, s) (below) and over [0, V) (all),
-// and whether a q_i in [0, s) equals q_max. One pass over every q_i with the
-// index compared against s in each lane: loops whose lengths depend on s
-// would mispredict their exits at every symbol.
+// and whether a q_i in [0, s) equals q_max. One pass over every q_i that
+// keeps running totals (the sum of f and the largest q) and stores them, as
+// they stand before each vector, in the scratch after q; the totals below s
+// are then the stored ones at s's vector plus that vector's lanes below s.
+// (Loops whose lengths depend on s would mispredict their exits at every
+// symbol, and a compare against s in every lane costs more than the store.)
+// The products stay in 64-bit lanes: the sums need no f in q's order.
 struct SymbolSums {
   uint32_t below, all;
   bool max_below;
 };
-NCX_HD SymbolSums symbol_sums(const uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
+
+// Words of scratch quantize_row_symbol needs: q[0..V), then from the next
+// cache line two running totals per vector of up to 16 lanes, and one more.
+NCX_HD int64_t symbol_scratch_words(int64_t V) { return 3 * ((V + 15) / 16 * 16) + 32; }
+
+NCX_HD SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
   uint32_t below = 0, all = 0, max_below = 0;
   int64_t i = 0;
   if (qp.scale >> 32) {  // only when the largest weight is subnormal
@@ -401,42 +423,72 @@ NCX_HD SymbolSums symbol_sums(const uint32_t* q, const QuantParams& qp, int64_t 
     return {below, all, max_below == qp.q_max};
   }
   const uint32_t scale32 = uint32_t(qp.scale);
+#if (defined(__AVX512F__) || defined(__AVX2__)) && !defined(__CUDA_ARCH__)
+  uint32_t* totals = q + (V + 15) / 16 * 16;  // [sums of f as 64-bit lanes, max q lanes] per vector
+#endif
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
-  const __m512i vs = _mm512_set1_epi64(scale32), sv = _mm512_set1_epi32(int32_t(s)), step = _mm512_set1_epi32(16);
-  const __m512i sh = _mm512_set1_epi64(qp.shift);
-  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512i a_all = _mm512_setzero_si512(), a_below = a_all, m_below = a_all;
-  for (; i + 16 <= V; i += 16) {
-    const __m512i f = fixed_to_f16(q + i, vs, sh);
-    const __mmask16 in = _mm512_cmplt_epi32_mask(idx, sv);
-    a_all = _mm512_add_epi32(a_all, f);
-    a_below = _mm512_mask_add_epi32(a_below, in, a_below, f);
-    m_below = _mm512_mask_max_epu32(m_below, in, m_below, _mm512_loadu_si512(q + i));
-    idx = _mm512_add_epi32(idx, step);
+  const __m512i vs = _mm512_set1_epi64(scale32), sh = _mm512_set1_epi64(qp.shift);
+  __m512i sum = _mm512_setzero_si512(), mx = sum;
+  const int64_t nv = V / 16;
+  for (int64_t j = 0; j < nv; ++j) {
+    const __m512i v = _mm512_loadu_si512(q + 16 * j);
+    _mm512_storeu_si512(totals + 32 * j, sum);
+    _mm512_storeu_si512(totals + 32 * j + 16, mx);
+    const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(v, vs), sh);
+    const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_srli_epi64(v, 32), vs), sh);
+    sum = _mm512_add_epi64(sum, _mm512_add_epi64(even, odd));
+    mx = _mm512_max_epu32(mx, v);
   }
-  all = uint32_t(_mm512_reduce_add_epi32(a_all));
-  below = uint32_t(_mm512_reduce_add_epi32(a_below));
-  max_below = uint32_t(_mm512_reduce_max_epu32(m_below));
+  _mm512_storeu_si512(totals + 32 * nv, sum);
+  _mm512_storeu_si512(totals + 32 * nv + 16, mx);
+  i = 16 * nv;
+  const int64_t at = s < i ? s / 16 : nv;
+  __m512i sum_below = _mm512_loadu_si512(totals + 32 * at), mx_below = _mm512_loadu_si512(totals + 32 * at + 16);
+  if (at < nv) {  // s's own vector: its r lanes below s (even lanes 2m < r, odd 2m + 1 < r)
+    const unsigned r = unsigned(s % 16);
+    const __m512i v = _mm512_loadu_si512(q + 16 * at);
+    const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(v, vs), sh);
+    const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_srli_epi64(v, 32), vs), sh);
+    sum_below = _mm512_mask_add_epi64(sum_below, __mmask8((1u << ((r + 1) / 2)) - 1), sum_below, even);
+    sum_below = _mm512_mask_add_epi64(sum_below, __mmask8((1u << (r / 2)) - 1), sum_below, odd);
+    mx_below = _mm512_mask_max_epu32(mx_below, __mmask16((1u << r) - 1), mx_below, v);
+  }
+  all = uint32_t(_mm512_reduce_add_epi64(sum));
+  below = uint32_t(_mm512_reduce_add_epi64(sum_below));
+  max_below = uint32_t(_mm512_reduce_max_epu32(mx_below));
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
-  const __m256i vs = _mm256_set1_epi64x(scale32), sv = _mm256_set1_epi32(int32_t(s)), step = _mm256_set1_epi32(8);
-  const __m256i sh = _mm256_set1_epi64x(qp.shift);
-  __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  __m256i a_all = _mm256_setzero_si256(), a_below = a_all, m_below = a_all;
-  for (; i + 8 <= V; i += 8) {
-    const __m256i f = fixed_to_f8(q + i, vs, sh);
-    const __m256i in = _mm256_cmpgt_epi32(sv, idx);  // i + lane < s (both below 2^31)
-    a_all = _mm256_add_epi32(a_all, f);
-    a_below = _mm256_add_epi32(a_below, _mm256_and_si256(in, f));
-    m_below = _mm256_max_epu32(
-        m_below, _mm256_and_si256(in, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i))));
-    idx = _mm256_add_epi32(idx, step);
+  const __m256i vs = _mm256_set1_epi64x(scale32), sh = _mm256_set1_epi64x(qp.shift);
+  __m256i sum = _mm256_setzero_si256(), mx = sum;
+  const int64_t nv = V / 8;
+  for (int64_t j = 0; j < nv; ++j) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * j), sum);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * j + 8), mx);
+    const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, vs), sh);
+    const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), vs), sh);
+    sum = _mm256_add_epi64(sum, _mm256_add_epi64(even, odd));
+    mx = _mm256_max_epu32(mx, v);
   }
-  all = sum_lanes8(a_all);
-  below = sum_lanes8(a_below);
-  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(m_below), _mm256_extracti128_si256(m_below, 1));
-  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4e));
-  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xb1));
-  max_below = uint32_t(_mm_cvtsi128_si32(m));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * nv), sum);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * nv + 8), mx);
+  i = 8 * nv;
+  const int64_t at = s < i ? s / 8 : nv;
+  __m256i sum_below = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(totals + 16 * at));
+  __m256i mx_below = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(totals + 16 * at + 8));
+  if (at < nv) {  // s's own vector, as above
+    const int32_t r = int32_t(s % 8);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * at));
+    const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, vs), sh);
+    const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), vs), sh);
+    const __m256i r64 = _mm256_set1_epi64x(r);
+    sum_below = _mm256_add_epi64(sum_below, _mm256_and_si256(_mm256_cmpgt_epi64(r64, _mm256_setr_epi64x(0, 2, 4, 6)), even));
+    sum_below = _mm256_add_epi64(sum_below, _mm256_and_si256(_mm256_cmpgt_epi64(r64, _mm256_setr_epi64x(1, 3, 5, 7)), odd));
+    const __m256i lanes_below = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    mx_below = _mm256_max_epu32(mx_below, _mm256_and_si256(lanes_below, v));
+  }
+  all = sum_lanes64(sum);
+  below = sum_lanes64(sum_below);
+  max_below = max_lanes8(mx_below);
 #endif
   for (; i < V; ++i) {
     const uint32_t f = uint32_t((uint64_t(q[i]) * scale32) >> qp.shift);
@@ -489,14 +541,15 @@ NCX_HD void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int pr
   q[qp.argmax] += (uint32_t(1) << precision) - total;  // the remainder
 }
 
-// Cumulative frequency below symbol s and its frequency (encoding needs no CDF).
+// Cumulative frequency below symbol s and its frequency (encoding needs no
+// CDF). q holds symbol_scratch_words(V) words, from a cache line's start.
 template <typename T>
 NCX_HD int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s, uint32_t* q,
                                    uint32_t* cum, uint32_t* freq) {
   QuantParams qp;
   // The remainder goes to the first index of the largest weight; encoding
   // only needs to know whether that index is below, at or above s, which the
-  // pass over [0, s) finds on the way (cheaper than tracking the index).
+  // largest q below s tells (cheaper than tracking the index).
   int32_t st = quantize_row_prepare<false>(row, V, precision, logits, q, &qp);
   if (st != kOk) return st;
   const SymbolSums sums = symbol_sums(q, qp, s, V);
