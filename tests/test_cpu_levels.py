@@ -218,14 +218,15 @@ def test_decoder_finds_symbols_at_block_edges_at_every_level(at_level, V):
 
 
 @pytest.mark.parametrize("V", [8, 15, 16, 17, 31, 256, 257, 280])
-def test_encoder_sums_below_every_symbol_at_every_level(at_level, V):
+def test_remainder_and_sums_below_every_symbol_at_every_level(at_level, V):
     """The encoder's sums below s are running totals stored per vector plus
-    the lanes of s's own vector below s, and the remainder goes to the first
-    index of the largest fixed-point weight. Coding every symbol of a row with
-    the largest weight before, at and after it, and another weight whose fixed
+    the lanes of s's own vector below s; the remainder goes to the first
+    index of the largest fixed-point weight, which the decoder and the CDF
+    find from per-lane counts at avx2. Coding every symbol of a row with the
+    largest weight before, at and after it, and another weight whose fixed
     point ties with the largest (1.5 and 1.5 + 2^-23: the last mantissa bit is
     dropped) on the far side, checks every lane split and the remainder's
-    place at every level against the reference coder."""
+    place at every level against the reference coder, both ways."""
     gen = torch.Generator().manual_seed(V)
     rows, symbols = [], []
     for s in range(V):
@@ -245,6 +246,12 @@ def test_encoder_sums_below_every_symbol_at_every_level(at_level, V):
         data, nbits = enc["baseline"]
         assert int(nbits[0]) == want_bits
         assert data[0].numpy().tobytes()[: len(want)] == want
+        dec = _per_level(at_level, lambda: ops.decode(dist, data, nbits, precision=precision))
+        _assert_all_equal(dec)
+        assert torch.equal(dec["baseline"], symbols)
+        quantized = _per_level(at_level, lambda: ops.quantize(dist[0], precision))
+        _assert_all_equal(quantized)
+        assert np.array_equal(quantized["baseline"].numpy(), cdf)
 
 
 def _peaky_int_m1():

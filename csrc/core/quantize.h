@@ -278,6 +278,39 @@ NCX_HD int32_t scan_row(const T* row, int64_t V, bool logits, uint32_t* max_w, f
   return kOk;
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__) && !defined(__CUDA_ARCH__)
+// ---- AVX2 helpers: eight elements as floats (float32 as they are, bfloat16
+// widened, exact), and reductions of a vector's lanes.
+inline __m256 load8_floats(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8_floats(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline uint32_t sum_lanes8(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return uint32_t(_mm_cvtsi128_si32(s));
+}
+// The low 32 bits of the sum of four 64-bit lanes (sums of f, below 2^32).
+inline uint32_t sum_lanes64(__m256i v) {
+  const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  return uint32_t(_mm_cvtsi128_si32(_mm_add_epi64(s, _mm_unpackhi_epi64(s, s))));
+}
+inline uint32_t max_lanes8(__m256i v) {  // of unsigned lanes
+  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4e));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xb1));
+  return uint32_t(_mm_cvtsi128_si32(m));
+}
+inline int32_t min_lanes8(__m256i v) {  // of signed lanes
+  __m128i m = _mm_min_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_min_epi32(m, _mm_shuffle_epi32(m, 0x4e));
+  m = _mm_min_epi32(m, _mm_shuffle_epi32(m, 0xb1));
+  return _mm_cvtsi128_si32(m);
+}
+#endif
+
 // Step 2 over a row: q[0..V), their sum and the first index of the largest
 // weight (the first with q == q_max, as weight_to_fixed is monotone: a
 // min-reduction, so the loops vectorize).
@@ -312,7 +345,30 @@ NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w,
         q[i] = uint32_t(int32_t(mul_rn(exp_ncx(add_rn(bits_to_float(load_bits(row, i)), -max_logit)), scale)));
       for (int32_t i = 0; i < int32_t(V); ++i) accumulate(i, q[i]);
     } else {
-      for (int32_t i = 0; i < int32_t(V); ++i)
+      int32_t i = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__) && !defined(__CUDA_ARCH__)
+      if (kArgmax && sizeof(Sum) == 4) {
+        // The first index of q_max from per-lane counts: hit marks the lanes
+        // that have met q_max, and after counts (negated) the vectors from
+        // each lane's first hit on. Three simple instructions a vector where
+        // the vectorized min of indices takes a blend (two uops) and a min.
+        const __m256 vscale = _mm256_set1_ps(scale);
+        const __m256i vq_max = _mm256_set1_epi32(int32_t(q_max));
+        __m256i sum = _mm256_setzero_si256(), hit = sum, after = sum;
+        for (; i + 8 <= int32_t(V); i += 8) {
+          const __m256i v = _mm256_cvttps_epi32(_mm256_mul_ps(load8_floats(row + i), vscale));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), v);
+          sum = _mm256_add_epi32(sum, v);
+          hit = _mm256_or_si256(hit, _mm256_cmpeq_epi32(v, vq_max));
+          after = _mm256_add_epi32(after, hit);
+        }
+        const __m256i first = _mm256_add_epi32(_mm256_slli_epi32(_mm256_add_epi32(_mm256_set1_epi32(i / 8), after), 3),
+                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        argmax = min_lanes8(_mm256_blendv_epi8(_mm256_set1_epi32(int32_t(V)), first, hit));
+        q_sum = sum_lanes8(sum);
+      }
+#endif
+      for (; i < int32_t(V); ++i)
         // No sign mask: a valid row's only sign bit is -0's, and -0 * scale
         // truncates to 0 as +0 does.
         accumulate(i, uint32_t(int32_t(mul_rn(bits_to_float(load_bits(row, i)), scale))));
@@ -373,23 +429,6 @@ inline __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m256i shift) {
   const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, scale), shift);
   const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
   return _mm256_or_si256(even, _mm256_slli_epi64(odd, 32));
-}
-// The low 32 bits of the sum of four 64-bit lanes (sums of f, below 2^32).
-inline uint32_t sum_lanes64(__m256i v) {
-  const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  return uint32_t(_mm_cvtsi128_si32(_mm_add_epi64(s, _mm_unpackhi_epi64(s, s))));
-}
-inline uint32_t max_lanes8(__m256i v) {
-  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4e));
-  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xb1));
-  return uint32_t(_mm_cvtsi128_si32(m));
-}
-inline uint32_t sum_lanes8(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return uint32_t(_mm_cvtsi128_si32(s));
 }
 #endif
 
