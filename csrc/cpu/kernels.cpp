@@ -910,14 +910,86 @@ void coder_weights_rows(const int32_t* logits, int64_t begin, int64_t end, int64
   }
 }
 
+// ---- the coder ops' loops over rows
+// Asks for a row's cache lines ahead of its coding: coding a sequence streams
+// its distributions from RAM, and the first pass over each row would
+// otherwise wait on memory.
+template <typename T>
+void prefetch_row(const T* row, int64_t V) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t off = 0; off < V * int64_t(sizeof(T)); off += 64) __builtin_prefetch(p + off);
+}
+
+template <typename T>
+void cdf_rows(const T* rows, int64_t n, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf,
+              int32_t* status) {
+  for (int64_t r = 0; r < n; ++r) {
+    if (r + 1 < n) prefetch_row(rows + (r + 1) * V, V);
+    uint32_t* out = cdf + r * (V + 1);
+    status[r] = quantize_row_cdf(rows + r * V, V, precision, logits, q, out);
+    if (status[r] != kOk)
+      for (int64_t i = 0; i <= V; ++i) out[i] = 0;
+  }
+}
+
+template <typename T, typename S>
+int32_t encode_stream_of(const T* rows, int64_t stride, const S* symbols, int64_t len, int64_t V, int precision,
+                         bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
+  *nbits = 0;
+  StreamEncoder enc;
+  stream_encoder_init(&enc);
+  for (int64_t t = 0; t < len; ++t) {
+    if (t + 2 < len) prefetch_row(rows + (t + 2) * stride, V);
+    const int64_t s = symbols[t];
+    if (s < 0 || s >= V) return kErrSymbol;
+    uint32_t cum, freq;
+    int32_t st = quantize_row_symbol(rows + t * stride, V, precision, logits, s, q, &cum, &freq);
+    if (st == kOk) st = stream_encode(&enc, out, cap, cum, freq, precision);
+    if (st != kOk) return st;
+  }
+  const int64_t n = stream_encode_finish(&enc, out, cap);
+  if (n < 0) return kErrOutputFull;
+  *nbits = n;
+  return kOk;
+}
+
+template <typename T>
+int32_t encode_stream(const T* rows, int64_t stride, const void* symbols, bool wide, int64_t len, int64_t V,
+                      int precision, bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
+  return wide ? encode_stream_of(rows, stride, static_cast<const int64_t*>(symbols), len, V, precision, logits, q,
+                                 out, cap, nbits)
+              : encode_stream_of(rows, stride, static_cast<const int32_t*>(symbols), len, V, precision, logits, q,
+                                 out, cap, nbits);
+}
+
+template <typename T>
+int32_t decode_stream(const T* rows, int64_t stride, int64_t len, int64_t V, int precision, bool logits,
+                      uint32_t* q, const uint8_t* in, int64_t nbytes, int64_t* symbols) {
+  StreamDecoder dec;
+  stream_decoder_init(&dec, in, nbytes);
+  for (int64_t t = 0; t < len; ++t) {
+    if (t + 2 < len) prefetch_row(rows + (t + 2) * stride, V);
+    const uint32_t target = stream_decode_target(&dec, precision);
+    uint32_t cum, freq;
+    int64_t s;
+    int32_t st = quantize_row_find(rows + t * stride, V, precision, logits, target, q, &s, &cum, &freq);
+    if (st == kOk) st = stream_decode_consume(&dec, in, nbytes, cum, freq, precision);
+    if (st != kOk) return st;
+    symbols[t] = s;
+  }
+  return kOk;
+}
+
 int64_t vocab_encode(const void* nodes, const uint8_t* data, int64_t n, int32_t* out, int64_t* failed_at) {
   return vocab::encode_document(static_cast<const vocab::TrieNode*>(nodes), data, n, out, failed_at);
 }
 
 const CpuKernels kTable = {
     NCX_STRINGIFY(NCX_LEVEL_NAMESPACE) + 6,  // "level_avx2" -> "avx2"
-    {&quantize_row_cdf<float>, &quantize_row_symbol<float>, &quantize_row_find<float>},
-    {&quantize_row_cdf<uint16_t>, &quantize_row_symbol<uint16_t>, &quantize_row_find<uint16_t>},
+    {&quantize_row_cdf<float>, &quantize_row_symbol<float>, &quantize_row_find<float>, &cdf_rows<float>,
+     &encode_stream<float>, &decode_stream<float>},
+    {&quantize_row_cdf<uint16_t>, &quantize_row_symbol<uint16_t>, &quantize_row_find<uint16_t>, &cdf_rows<uint16_t>,
+     &encode_stream<uint16_t>, &decode_stream<uint16_t>},
     &quantize_rows,
     PairLanes::kLanes,
     &pair_packed_size,

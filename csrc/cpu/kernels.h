@@ -16,7 +16,8 @@ namespace ncx {
 enum CpuLevel : int32_t { kLevelBaseline = 0, kLevelAvx2 = 1, kLevelAvx512 = 2, kNumCpuLevels = 3 };
 
 // csrc/core/quantize.h's row routines for one element type: float, or
-// bfloat16 as its uint16 bits.
+// bfloat16 as its uint16 bits. q is the row scratch: symbol_scratch_words(V)
+// words from a cache line's start.
 template <typename T>
 struct RowQuantizer {
   int32_t (*cdf)(const T* row, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf);
@@ -24,6 +25,19 @@ struct RowQuantizer {
                     uint32_t* freq);
   int32_t (*find)(const T* row, int64_t V, int precision, bool logits, uint32_t target, uint32_t* q,
                   int64_t* sym, uint32_t* cum, uint32_t* freq);
+  // Loops over many rows (ops.quantize, ops.encode, ops.decode), here so the
+  // row routines and the coder inline into them: a call per row through this
+  // table cost 5-10% of a row's time. cdf_rows fills n contiguous rows' CDFs
+  // and statuses (a bad row's CDF all zeros). encode_stream codes rows
+  // [0, len) of one stream, `stride` elements apart, with symbols int64
+  // (wide) or int32: returns a status and sets *nbits (0 on error).
+  // decode_stream decodes them, writing symbols[t] up to the first error.
+  void (*cdf_rows)(const T* rows, int64_t n, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf,
+                   int32_t* status);
+  int32_t (*encode_stream)(const T* rows, int64_t stride, const void* symbols, bool wide, int64_t len, int64_t V,
+                           int precision, bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits);
+  int32_t (*decode_stream)(const T* rows, int64_t stride, int64_t len, int64_t V, int precision, bool logits,
+                           uint32_t* q, const uint8_t* in, int64_t nbytes, int64_t* symbols);
 };
 
 struct CpuKernels {

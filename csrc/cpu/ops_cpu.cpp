@@ -67,15 +67,6 @@ void with_dist_type(const Tensor& dist, F&& f) {
   else f(uint16_t{});
 }
 
-// Asks for the next row's cache lines while the current one is coded. A row
-// is read by several passes, and the first pass of each would otherwise wait
-// on memory: coding a sequence streams its distributions from RAM.
-template <typename E>
-void prefetch_row(const E* row, int64_t V) {
-  const char* p = reinterpret_cast<const char*>(row);
-  for (int64_t off = 0; off < V * int64_t(sizeof(E)); off += 64) __builtin_prefetch(p + off);
-}
-
 // ------------------------------------------------------------------ quantize
 std::tuple<Tensor, Tensor> quantize_cpu(const Tensor& dist_in, int64_t precision, bool logits) {
   TORCH_CHECK(dist_in.dim() >= 1, "dist must have at least one dimension");
@@ -97,13 +88,8 @@ std::tuple<Tensor, Tensor> quantize_cpu(const Tensor& dist_in, int64_t precision
     const RowQuantizer<T>& quantizer = cpu_kernels().rows<T>();
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
-      for (int64_t row = begin; row < end; ++row) {
-        if (row + 1 < end) prefetch_row(base + (row + 1) * V, V);
-        uint32_t* out = reinterpret_cast<uint32_t*>(cdf_p + row * (V + 1));
-        int32_t st = quantizer.cdf(base + row * V, V, int(precision), logits, scratch.q(), out);
-        st_p[row] = st;
-        if (st != kOk) std::fill(out, out + V + 1, 0u);
-      }
+      quantizer.cdf_rows(base + begin * V, end - begin, V, int(precision), logits, scratch.q(),
+                         reinterpret_cast<uint32_t*>(cdf_p + begin * (V + 1)), st_p + begin);
     });
   });
   return {cdf, status};
@@ -122,44 +108,29 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
               "symbols must have shape [B, T] = [", B, ", ", T, "], got ", symbols_in.sizes());
   check_lengths(lengths_in, B, T);
   if (max_bytes <= 0) max_bytes = max_stream_bytes(T, precision);
-  Tensor symbols_tensor = symbols_in.contiguous();
-  const Symbols symbols(symbols_tensor);
+  Tensor symbols = symbols_in.contiguous();
+  const bool wide = symbols.scalar_type() == at::kLong;  // else int32
+  const char* sym_p = static_cast<const char*>(symbols.data_ptr());
+  const int64_t sym_row_bytes = T * symbols.element_size();
   Tensor lengths = lengths_in.to(at::kLong).contiguous();
   Tensor out = at::zeros({B, max_bytes}, dist.options().dtype(at::kByte));
   Tensor nbits = at::zeros({B}, dist.options().dtype(at::kLong));
   Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
   const int64_t sb = dist.stride(0), st = dist.stride(1);
   const int64_t* len_p = lengths.data_ptr<int64_t>();
+  uint8_t* out_p = out.data_ptr<uint8_t>();
+  int64_t* nbits_p = nbits.data_ptr<int64_t>();
+  int32_t* status_p = status.data_ptr<int32_t>();
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
     const RowQuantizer<E>& quantizer = cpu_kernels().rows<E>();
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
-      for (int64_t b = begin; b < end; ++b) {
-        uint8_t* o = out.data_ptr<uint8_t>() + b * max_bytes;
-        StreamEncoder enc;
-        stream_encoder_init(&enc);
-        int32_t s_code = kOk;
-        const int64_t len = len_p[b];
-        for (int64_t t = 0; t < len && s_code == kOk; ++t) {
-          if (t + 2 < len) prefetch_row(base + b * sb + (t + 2) * st, V);
-          int64_t sym = symbols[b * T + t];
-          if (sym < 0 || sym >= V) { s_code = kErrSymbol; break; }
-          uint32_t cum, freq;
-          s_code = quantizer.symbol(base + b * sb + t * st, V, int(precision), logits, sym, scratch.q(),
-                                       &cum, &freq);
-          if (s_code != kOk) break;
-          s_code = stream_encode(&enc, o, max_bytes, cum, freq, int(precision));
-        }
-        int64_t n = -1;
-        if (s_code == kOk) {
-          n = stream_encode_finish(&enc, o, max_bytes);
-          if (n < 0) s_code = kErrOutputFull;
-        }
-        nbits.data_ptr<int64_t>()[b] = s_code == kOk ? n : 0;
-        status.data_ptr<int32_t>()[b] = s_code;
-      }
+      for (int64_t b = begin; b < end; ++b)
+        status_p[b] = quantizer.encode_stream(base + b * sb, st, sym_p + b * sym_row_bytes, wide,
+                                              len_p[b], V, int(precision), logits, scratch.q(),
+                                              out_p + b * max_bytes, max_bytes, nbits_p + b);
     });
   });
   return {out, nbits, status};
@@ -195,6 +166,10 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in,
   Tensor status = at::zeros({B}, dist.options().dtype(at::kInt));
   const int64_t sb = dist.stride(0), st = dist.stride(1), N = data.size(1);
   const int64_t* len_p = lengths.data_ptr<int64_t>();
+  const uint8_t* data_p = data.data_ptr<uint8_t>();
+  const int64_t* nbits_p = nbits.data_ptr<int64_t>();
+  int64_t* symbols_p = symbols.data_ptr<int64_t>();
+  int32_t* status_p = status.data_ptr<int32_t>();
   with_dist_type(dist, [&](auto tag) {
     using E = decltype(tag);
     const E* base = row_ptr<E>(dist);
@@ -202,21 +177,9 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& dist, const Tensor& data_in,
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b) {
-        const uint8_t* in = data.data_ptr<uint8_t>() + b * N;
-        int64_t nbytes = std::min((nbits.data_ptr<int64_t>()[b] + 7) / 8, N);  // never read past the row
-        StreamDecoder dec;
-        stream_decoder_init(&dec, in, nbytes);
-        int64_t* out = symbols.data_ptr<int64_t>() + b * T;
-        int32_t code = kOk;
-        const int64_t len = len_p[b];
-        for (int64_t t = 0; t < len; ++t) {
-          if (t + 2 < len) prefetch_row(base + b * sb + (t + 2) * st, V);
-          int64_t s = stream_decode_one(&dec, in, nbytes, base + b * sb + t * st, V, int(precision), logits,
-                                        quantizer, scratch);
-          if (s < 0) { code = int32_t(-s); break; }
-          out[t] = s;
-        }
-        status.data_ptr<int32_t>()[b] = code;
+        const int64_t nbytes = std::min((nbits_p[b] + 7) / 8, N);  // never read past the row
+        status_p[b] = quantizer.decode_stream(base + b * sb, st, len_p[b], V, int(precision), logits, scratch.q(),
+                                              data_p + b * N, nbytes, symbols_p + b * T);
       }
     });
   });
