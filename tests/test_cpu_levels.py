@@ -165,7 +165,7 @@ def _adversarial_rows(gen, V: int, logits: bool) -> torch.Tensor:
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("V", [2, 3, 31, 257, 1000, 65536])
+@pytest.mark.parametrize("V", [2, 3, 31, 256, 257, 1000, 65536])  # 256: the loops' copy for byte alphabets
 @pytest.mark.parametrize("logits", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_quantizer_rows_identical_at_every_level(at_level, V, logits, dtype):
@@ -179,11 +179,14 @@ def test_quantizer_rows_identical_at_every_level(at_level, V, logits, dtype):
 
 
 @pytest.mark.parametrize("logits", [False, True])
-def test_stream_coding_identical_at_every_level(at_level, logits):
+@pytest.mark.parametrize("V", [256, 257])  # 256: the loops' copy for byte alphabets
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stream_coding_identical_at_every_level(at_level, logits, V, dtype):
     """encode (the symbol path) and decode (the find path) over whole sequences."""
     gen = torch.Generator().manual_seed(7)
-    B, T, V = 9, 300, 257
+    B, T = 9, 300
     dist = torch.randn(B, T, V, generator=gen) * 4 if logits else torch.rand(B, T, V, generator=gen) ** 6
+    dist = dist.to(dtype)
     symbols = torch.randint(0, V, (B, T), generator=gen)
     lengths = torch.randint(0, T + 1, (B,), generator=gen)
     lengths[0], lengths[1] = 0, T

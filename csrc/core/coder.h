@@ -53,7 +53,7 @@ NCX_HD U128 u128_shr(U128 a, int s) {  // 0 <= s <= 127
 
 // One symbol's effect on (low, range): returns true when low carried past 2^64.
 // cum/freq come from the quantizer; total = 2^P.
-NCX_HD bool rc_narrow(uint64_t* low, uint64_t* range, uint32_t cum, uint32_t freq, int precision) {
+NCX_HD_ALWAYS_INLINE bool rc_narrow(uint64_t* low, uint64_t* range, uint32_t cum, uint32_t freq, int precision) {
   uint64_t r = *range >> precision;
   uint64_t add = r * cum;
   uint64_t nl = *low + add;
@@ -90,7 +90,7 @@ NCX_HD void propagate_carry(uint8_t* out, int64_t pos) {
 }
 
 // Encodes one symbol; returns kOk or kErrOutputFull.
-NCX_HD int32_t stream_encode(StreamEncoder* e, uint8_t* out, int64_t cap, uint32_t cum,
+NCX_HD_ALWAYS_INLINE int32_t stream_encode(StreamEncoder* e, uint8_t* out, int64_t cap, uint32_t cum,
                              uint32_t freq, int precision) {
   if (rc_narrow(&e->low, &e->range, cum, freq, precision)) propagate_carry(out, e->pos);
   while (e->range < kRangeBottom) {
@@ -159,7 +159,7 @@ NCX_HD void stream_decoder_init(StreamDecoder* d, const uint8_t* in, int64_t nby
 }
 
 // The target cumulative frequency of the next symbol.
-NCX_HD uint32_t stream_decode_target(const StreamDecoder* d, int precision) {
+NCX_HD_ALWAYS_INLINE uint32_t stream_decode_target(const StreamDecoder* d, int precision) {
   uint64_t r = d->range >> precision;
   uint64_t t = d->code / r;
   uint64_t top = (uint64_t(1) << precision) - 1;
@@ -168,7 +168,7 @@ NCX_HD uint32_t stream_decode_target(const StreamDecoder* d, int precision) {
 
 // Consumes symbol with (cum, freq). Returns kErrCorrupt if the code value left
 // the interval (only possible with bytes no encoder produced).
-NCX_HD int32_t stream_decode_consume(StreamDecoder* d, const uint8_t* in, int64_t nbytes,
+NCX_HD_ALWAYS_INLINE int32_t stream_decode_consume(StreamDecoder* d, const uint8_t* in, int64_t nbytes,
                                      uint32_t cum, uint32_t freq, int precision) {
   uint64_t r = d->range >> precision;
   uint64_t sub = r * cum;

@@ -36,8 +36,11 @@
 #define NCX_HD_ALWAYS_INLINE __host__ __device__ __forceinline__
 #else
 #define NCX_HD inline
-// For the few functions that must inline into vectorized host loops (a call
-// inside a loop stops GCC's vectorizer).
+// For the functions that must inline into vectorized host loops (a call
+// inside a loop stops GCC's vectorizer), and for the row routines and coder
+// steps, which must inline into csrc/cpu/kernels.cpp's loops over rows: GCC
+// stops inlining into those large loops on its own, and in the shared library
+// the calls it leaves go through the PLT.
 #define NCX_HD_ALWAYS_INLINE inline __attribute__((always_inline))
 #endif
 
@@ -187,7 +190,7 @@ NCX_HD uint32_t logit_weight_bits(uint32_t bits, float max_logit) {
 
 // ---- step 2: fixed point ---------------------------------------------------
 // q = floor(w * 2^k) with the largest weight's mantissa landing at bit 22.
-NCX_HD uint32_t weight_to_fixed(uint32_t w, uint32_t max_w) {
+NCX_HD_ALWAYS_INLINE uint32_t weight_to_fixed(uint32_t w, uint32_t max_w) {
   // Branch-free so the CPU loops vectorize: a subnormal (exponent field 0)
   // has no implicit bit and the exponent of 1.
   uint32_t ex = w >> 23, ex_max = max_w >> 23;
@@ -210,11 +213,11 @@ struct QuantParams {
 };
 
 NCX_HD int quant_shift(int precision) { return 54 - precision; }
-NCX_HD uint64_t quant_scale(uint64_t q_sum, int precision, int64_t V) {
+NCX_HD_ALWAYS_INLINE uint64_t quant_scale(uint64_t q_sum, int precision, int64_t V) {
   uint64_t free_mass = (uint64_t(1) << precision) - uint64_t(V);
   return (free_mass << quant_shift(precision)) / q_sum;
 }
-NCX_HD uint32_t fixed_to_f(uint32_t q, uint64_t scale, int shift) {
+NCX_HD_ALWAYS_INLINE uint32_t fixed_to_f(uint32_t q, uint64_t scale, int shift) {
   return uint32_t((uint64_t(q) * scale) >> shift);
 }
 
@@ -227,7 +230,7 @@ NCX_HD uint32_t load_bits(const uint16_t* p, int64_t i) { return bf16_to_bits(p[
 // Step 1 scan of a row: returns a status, and the largest weight's bits and
 // (logits) the largest logit.
 template <typename T>
-NCX_HD int32_t scan_row(const T* row, int64_t V, bool logits, uint32_t* max_w, float* max_logit) {
+NCX_HD_ALWAYS_INLINE int32_t scan_row(const T* row, int64_t V, bool logits, uint32_t* max_w, float* max_logit) {
   if (!logits) {
     // Fast path: one unsigned max over the raw bits. Any sign bit makes it
     // >= 0x80000000 and NaN/inf make it >= 0x7f800000, so a max below
@@ -315,7 +318,7 @@ inline int32_t min_lanes8(__m256i v) {  // of signed lanes
 // weight (the first with q == q_max, as weight_to_fixed is monotone: a
 // min-reduction, so the loops vectorize).
 template <typename Sum, bool kArgmax = true, typename T>
-NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w, float max_logit, uint32_t* q,
+NCX_HD_ALWAYS_INLINE Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w, float max_logit, uint32_t* q,
                            int32_t* argmax_out) {
   // weight_to_fixed(w, max_w) = floor(w * 2^(149 - e)), e = max_w's exponent
   // field. When e >= 23, 2^(149 - e) is a float, the product is exact (a
@@ -386,7 +389,7 @@ NCX_HD Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w,
 // Steps 1-3 over one row: fills q[0..V) with the fixed-point weights and
 // returns the params, or a status.
 template <bool kArgmax = true, typename T>
-NCX_HD int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool logits, uint32_t* q,
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool logits, uint32_t* q,
                                     QuantParams* out) {
   uint32_t max_w = 0;
   float max_logit = 0.0f;
@@ -415,7 +418,7 @@ NCX_HD uint32_t free_mass(int precision, int64_t V) { return uint32_t((uint64_t(
 // take their count from a vector: the form with an xmm count is two uops on
 // Intel cores, and these loops are bound by the vector ports.
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
-inline __m512i fixed_to_f16(const uint32_t* q, __m512i scale, __m512i shift) {
+NCX_HD_ALWAYS_INLINE __m512i fixed_to_f16(const uint32_t* q, __m512i scale, __m512i shift) {
   const __m512i v = _mm512_loadu_si512(q);
   const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(v, scale), shift);
   const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_shuffle_epi32(v, _MM_PERM_CDAB), scale), shift);
@@ -424,7 +427,7 @@ inline __m512i fixed_to_f16(const uint32_t* q, __m512i scale, __m512i shift) {
   return _mm512_permutex2var_epi32(even, pick, odd);
 }
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
-inline __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m256i shift) {
+NCX_HD_ALWAYS_INLINE __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m256i shift) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
   const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, scale), shift);
   const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
@@ -449,7 +452,7 @@ struct SymbolSums {
 // cache line two running totals per vector of up to 16 lanes, and one more.
 NCX_HD int64_t symbol_scratch_words(int64_t V) { return 3 * ((V + 15) / 16 * 16) + 32; }
 
-NCX_HD SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
+NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
   uint32_t below = 0, all = 0, max_below = 0;
   int64_t i = 0;
   if (qp.scale >> 32) {  // only when the largest weight is subnormal
@@ -539,7 +542,7 @@ NCX_HD SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, int64_t s, int
 }
 
 // Turns q[0..V) into the frequencies, in place.
-NCX_HD void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int precision) {
+NCX_HD_ALWAYS_INLINE void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int precision) {
   uint32_t total = 0;
   int64_t i = 0;
   if (qp.scale >> 32) {
@@ -571,9 +574,11 @@ NCX_HD void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int pr
     }
     total = sum_lanes8(a);
 #endif
-    for (; i < V; ++i) {
-      uint32_t f = 1u + uint32_t((uint64_t(q[i]) * scale32) >> qp.shift);
-      q[i] = f;
+    // Counted from the vectors' end: with V a constant that GCC sees as a
+    // loop of none, where `i < V` left it vectorizing a dead loop and warning.
+    for (int64_t k = 0, rest = V - i; k < rest; ++k) {
+      uint32_t f = 1u + uint32_t((uint64_t(q[i + k]) * scale32) >> qp.shift);
+      q[i + k] = f;
       total += f;
     }
   }
@@ -583,7 +588,7 @@ NCX_HD void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int pr
 // Cumulative frequency below symbol s and its frequency (encoding needs no
 // CDF). q holds symbol_scratch_words(V) words, from a cache line's start.
 template <typename T>
-NCX_HD int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s, uint32_t* q,
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s, uint32_t* q,
                                    uint32_t* cum, uint32_t* freq) {
   QuantParams qp;
   // The remainder goes to the first index of the largest weight; encoding
@@ -603,7 +608,7 @@ NCX_HD int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool 
 // The full CDF: cdf[0] = 0, cdf[V] = 2^P (the window encoder's straddle search
 // needs every boundary).
 template <typename T>
-NCX_HD int32_t quantize_row_cdf(const T* row, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf) {
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_cdf(const T* row, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf) {
   QuantParams qp;
   int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
   if (st != kOk) return st;
@@ -619,7 +624,7 @@ NCX_HD int32_t quantize_row_cdf(const T* row, int64_t V, int precision, bool log
 
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
 // Inclusive prefix sums of 16 lanes: four shift-and-add steps.
-inline __m512i prefix_sums16(__m512i x) {
+NCX_HD_ALWAYS_INLINE __m512i prefix_sums16(__m512i x) {
   const __m512i z = _mm512_setzero_si512();
   x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, z, 15));  // lane j += lane j - 1
   x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, z, 14));  // ... j - 2
@@ -631,7 +636,7 @@ inline __m512i prefix_sums16(__m512i x) {
 // cumulative frequency c, given c <= target < c + sum f: the count of symbols
 // whose end is <= target, from prefix sums and a compare (a scalar scan would
 // mispredict its exit at every symbol). *cum gets the symbol's start.
-inline int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, uint32_t* cum) {
+NCX_HD_ALWAYS_INLINE int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, uint32_t* cum) {
   alignas(64) uint32_t ends[32];
   const __m512i lo = _mm512_add_epi32(prefix_sums16(_mm512_loadu_si512(f)), _mm512_set1_epi32(int32_t(c)));
   const __m512i lo_end = _mm512_permutexvar_epi32(_mm512_set1_epi32(15), lo);
@@ -653,7 +658,7 @@ inline int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, u
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-inline int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
+NCX_HD_ALWAYS_INLINE int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
   __m512i x[4], y[2];
   for (int j = 0; j < 4; ++j) {  // x[j]: 8 partial sums of block 2j in lanes 0-7, of block 2j + 1 in 8-15
     const __m512i a = _mm512_add_epi32(_mm512_loadu_si512(f + 64 * j), _mm512_loadu_si512(f + 64 * j + 16));
@@ -678,7 +683,7 @@ inline int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
 // Inclusive prefix sums of 8 lanes: two shift-and-add steps in each 128-bit
 // half, then the low half's total added to the high half.
-inline __m256i prefix_sums8(__m256i x) {
+NCX_HD_ALWAYS_INLINE __m256i prefix_sums8(__m256i x) {
   x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
   x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
   const __m256i half_totals = _mm256_shuffle_epi32(x, 0xff);
@@ -687,7 +692,7 @@ inline __m256i prefix_sums8(__m256i x) {
 
 // As the AVX-512 find_in_block32, in four vectors of 8. The sums are below
 // 2^24, so the signed compare serves.
-inline int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, uint32_t* cum) {
+NCX_HD_ALWAYS_INLINE int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, uint32_t* cum) {
   alignas(32) uint32_t ends[32];
   const __m256i t = _mm256_set1_epi32(int32_t(target)), last = _mm256_set1_epi32(7);
   __m256i carry = _mm256_set1_epi32(int32_t(c));
@@ -704,7 +709,7 @@ inline int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, u
 }
 
 // As the AVX-512 find_block8: the eight block sums by horizontal adds.
-inline int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
+NCX_HD_ALWAYS_INLINE int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
   __m256i b[8];  // b[k]: 8 partial sums of block k
   for (int k = 0; k < 8; ++k) {
     const __m256i* p = reinterpret_cast<const __m256i*>(f + 32 * k);
@@ -731,7 +736,7 @@ inline int64_t find_block8(const uint32_t* f, uint32_t target, uint32_t* c) {
 // With vectors both steps are prefix sums and a compare (the block step
 // for byte alphabets; other sizes scan the block sums); without, scans.
 template <typename T>
-NCX_HD int32_t quantize_row_find(const T* row, int64_t V, int precision, bool logits, uint32_t target, uint32_t* q,
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_find(const T* row, int64_t V, int precision, bool logits, uint32_t target, uint32_t* q,
                                  int64_t* sym, uint32_t* cum, uint32_t* freq) {
   QuantParams qp;
   int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);

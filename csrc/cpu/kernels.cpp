@@ -920,9 +920,14 @@ void prefetch_row(const T* row, int64_t V) {
   for (int64_t off = 0; off < V * int64_t(sizeof(T)); off += 64) __builtin_prefetch(p + off);
 }
 
-template <typename T>
-void cdf_rows(const T* rows, int64_t n, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf,
-              int32_t* status) {
+// Each loop has a copy for byte alphabets with V a constant (kV = 256; 0:
+// V as given): the row passes then unroll fully and their reductions become
+// trees. At avx512 that made a row 20% faster with the rows in cache (71
+// against 89 ns) and about 5% from RAM.
+template <int64_t kV, typename T>
+void cdf_rows_of(const T* rows, int64_t n, int64_t V_, int precision, bool logits, uint32_t* q, uint32_t* cdf,
+                 int32_t* status) {
+  const int64_t V = kV ? kV : V_;
   for (int64_t r = 0; r < n; ++r) {
     if (r + 1 < n) prefetch_row(rows + (r + 1) * V, V);
     uint32_t* out = cdf + r * (V + 1);
@@ -932,9 +937,17 @@ void cdf_rows(const T* rows, int64_t n, int64_t V, int precision, bool logits, u
   }
 }
 
-template <typename T, typename S>
-int32_t encode_stream_of(const T* rows, int64_t stride, const S* symbols, int64_t len, int64_t V, int precision,
+template <typename T>
+void cdf_rows(const T* rows, int64_t n, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf,
+              int32_t* status) {
+  if (V == 256) cdf_rows_of<256>(rows, n, V, precision, logits, q, cdf, status);
+  else cdf_rows_of<0>(rows, n, V, precision, logits, q, cdf, status);
+}
+
+template <int64_t kV, typename T, typename S>
+int32_t encode_stream_of(const T* rows, int64_t stride, const S* symbols, int64_t len, int64_t V_, int precision,
                          bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
+  const int64_t V = kV ? kV : V_;
   *nbits = 0;
   StreamEncoder enc;
   stream_encoder_init(&enc);
@@ -953,18 +966,26 @@ int32_t encode_stream_of(const T* rows, int64_t stride, const S* symbols, int64_
   return kOk;
 }
 
-template <typename T>
-int32_t encode_stream(const T* rows, int64_t stride, const void* symbols, bool wide, int64_t len, int64_t V,
-                      int precision, bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
-  return wide ? encode_stream_of(rows, stride, static_cast<const int64_t*>(symbols), len, V, precision, logits, q,
-                                 out, cap, nbits)
-              : encode_stream_of(rows, stride, static_cast<const int32_t*>(symbols), len, V, precision, logits, q,
-                                 out, cap, nbits);
+template <typename T, typename S>
+int32_t encode_stream_as(const T* rows, int64_t stride, const S* symbols, int64_t len, int64_t V, int precision,
+                         bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
+  return V == 256 ? encode_stream_of<256>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits)
+                  : encode_stream_of<0>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits);
 }
 
 template <typename T>
-int32_t decode_stream(const T* rows, int64_t stride, int64_t len, int64_t V, int precision, bool logits,
-                      uint32_t* q, const uint8_t* in, int64_t nbytes, int64_t* symbols) {
+int32_t encode_stream(const T* rows, int64_t stride, const void* symbols, bool wide, int64_t len, int64_t V,
+                      int precision, bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
+  return wide ? encode_stream_as(rows, stride, static_cast<const int64_t*>(symbols), len, V, precision, logits, q,
+                                 out, cap, nbits)
+              : encode_stream_as(rows, stride, static_cast<const int32_t*>(symbols), len, V, precision, logits, q,
+                                 out, cap, nbits);
+}
+
+template <int64_t kV, typename T>
+int32_t decode_stream_of(const T* rows, int64_t stride, int64_t len, int64_t V_, int precision, bool logits,
+                         uint32_t* q, const uint8_t* in, int64_t nbytes, int64_t* symbols) {
+  const int64_t V = kV ? kV : V_;
   StreamDecoder dec;
   stream_decoder_init(&dec, in, nbytes);
   for (int64_t t = 0; t < len; ++t) {
@@ -978,6 +999,13 @@ int32_t decode_stream(const T* rows, int64_t stride, int64_t len, int64_t V, int
     symbols[t] = s;
   }
   return kOk;
+}
+
+template <typename T>
+int32_t decode_stream(const T* rows, int64_t stride, int64_t len, int64_t V, int precision, bool logits,
+                      uint32_t* q, const uint8_t* in, int64_t nbytes, int64_t* symbols) {
+  return V == 256 ? decode_stream_of<256>(rows, stride, len, V, precision, logits, q, in, nbytes, symbols)
+                  : decode_stream_of<0>(rows, stride, len, V, precision, logits, q, in, nbytes, symbols);
 }
 
 int64_t vocab_encode(const void* nodes, const uint8_t* data, int64_t n, int32_t* out, int64_t* failed_at) {
