@@ -91,7 +91,7 @@ NCX_HD void propagate_carry(uint8_t* out, int64_t pos) {
 
 // Encodes one symbol; returns kOk or kErrOutputFull.
 NCX_HD_ALWAYS_INLINE int32_t stream_encode(StreamEncoder* e, uint8_t* out, int64_t cap, uint32_t cum,
-                             uint32_t freq, int precision) {
+                                           uint32_t freq, int precision) {
   if (rc_narrow(&e->low, &e->range, cum, freq, precision)) propagate_carry(out, e->pos);
   while (e->range < kRangeBottom) {
     if (e->pos >= cap) return kErrOutputFull;
@@ -169,7 +169,7 @@ NCX_HD_ALWAYS_INLINE uint32_t stream_decode_target(const StreamDecoder* d, int p
 // Consumes symbol with (cum, freq). Returns kErrCorrupt if the code value left
 // the interval (only possible with bytes no encoder produced).
 NCX_HD_ALWAYS_INLINE int32_t stream_decode_consume(StreamDecoder* d, const uint8_t* in, int64_t nbytes,
-                                     uint32_t cum, uint32_t freq, int precision) {
+                                                   uint32_t cum, uint32_t freq, int precision) {
   uint64_t r = d->range >> precision;
   uint64_t sub = r * cum;
   bool last = (uint64_t(cum) + freq) == (uint64_t(1) << precision);

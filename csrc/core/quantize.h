@@ -318,8 +318,8 @@ inline int32_t min_lanes8(__m256i v) {  // of signed lanes
 // weight (the first with q == q_max, as weight_to_fixed is monotone: a
 // min-reduction, so the loops vectorize).
 template <typename Sum, bool kArgmax = true, typename T>
-NCX_HD_ALWAYS_INLINE Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w, float max_logit, uint32_t* q,
-                           int32_t* argmax_out) {
+NCX_HD_ALWAYS_INLINE Sum fixed_point_row(const T* row, int64_t V, bool logits, uint32_t max_w, float max_logit,
+                                         uint32_t* q, int32_t* argmax_out) {
   // weight_to_fixed(w, max_w) = floor(w * 2^(149 - e)), e = max_w's exponent
   // field. When e >= 23, 2^(149 - e) is a float, the product is exact (a
   // power-of-two scaling; a subnormal w gives a product below 1, which floors
@@ -390,7 +390,7 @@ NCX_HD_ALWAYS_INLINE Sum fixed_point_row(const T* row, int64_t V, bool logits, u
 // returns the params, or a status.
 template <bool kArgmax = true, typename T>
 NCX_HD_ALWAYS_INLINE int32_t quantize_row_prepare(const T* row, int64_t V, int precision, bool logits, uint32_t* q,
-                                    QuantParams* out) {
+                                                  QuantParams* out) {
   uint32_t max_w = 0;
   float max_logit = 0.0f;
   int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
@@ -418,20 +418,31 @@ NCX_HD uint32_t free_mass(int precision, int64_t V) { return uint32_t((uint64_t(
 // take their count from a vector: the form with an xmm count is two uops on
 // Intel cores, and these loops are bound by the vector ports.
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
+// f of the even q_i (lanes 2m) and of the odd ones (2m + 1) of 16, in 64-bit lanes.
+NCX_HD_ALWAYS_INLINE __m512i f_even16(__m512i v, __m512i scale, __m512i shift) {
+  return _mm512_srlv_epi64(_mm512_mul_epu32(v, scale), shift);
+}
+NCX_HD_ALWAYS_INLINE __m512i f_odd16(__m512i v, __m512i scale, __m512i shift) {
+  // The odd q_i moved down by a shuffle (port 5), beside the multiplies and shifts (port 0).
+  return _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_shuffle_epi32(v, _MM_PERM_CDAB), scale), shift);
+}
 NCX_HD_ALWAYS_INLINE __m512i fixed_to_f16(const uint32_t* q, __m512i scale, __m512i shift) {
   const __m512i v = _mm512_loadu_si512(q);
-  const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(v, scale), shift);
-  const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_shuffle_epi32(v, _MM_PERM_CDAB), scale), shift);
   // Interleave the low halves: lane 2j from even's lane 2j, 2j+1 from odd's.
   const __m512i pick = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-  return _mm512_permutex2var_epi32(even, pick, odd);
+  return _mm512_permutex2var_epi32(f_even16(v, scale, shift), pick, f_odd16(v, scale, shift));
 }
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
+// As f_even16 and f_odd16, for 8 q_i.
+NCX_HD_ALWAYS_INLINE __m256i f_even8(__m256i v, __m256i scale, __m256i shift) {
+  return _mm256_srlv_epi64(_mm256_mul_epu32(v, scale), shift);
+}
+NCX_HD_ALWAYS_INLINE __m256i f_odd8(__m256i v, __m256i scale, __m256i shift) {
+  return _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
+}
 NCX_HD_ALWAYS_INLINE __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m256i shift) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-  const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, scale), shift);
-  const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
-  return _mm256_or_si256(even, _mm256_slli_epi64(odd, 32));
+  return _mm256_or_si256(f_even8(v, scale, shift), _mm256_slli_epi64(f_odd8(v, scale, shift), 32));
 }
 #endif
 
@@ -476,23 +487,21 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, 
     const __m512i v = _mm512_loadu_si512(q + 16 * j);
     _mm512_storeu_si512(totals + 32 * j, sum);
     _mm512_storeu_si512(totals + 32 * j + 16, mx);
-    const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(v, vs), sh);
-    const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_srli_epi64(v, 32), vs), sh);
-    sum = _mm512_add_epi64(sum, _mm512_add_epi64(even, odd));
+    sum = _mm512_add_epi64(sum, _mm512_add_epi64(f_even16(v, vs, sh), f_odd16(v, vs, sh)));
     mx = _mm512_max_epu32(mx, v);
   }
   _mm512_storeu_si512(totals + 32 * nv, sum);
   _mm512_storeu_si512(totals + 32 * nv + 16, mx);
   i = 16 * nv;
   const int64_t at = s < i ? s / 16 : nv;
-  __m512i sum_below = _mm512_loadu_si512(totals + 32 * at), mx_below = _mm512_loadu_si512(totals + 32 * at + 16);
+  __m512i sum_below = _mm512_loadu_si512(totals + 32 * at);
+  __m512i mx_below = _mm512_loadu_si512(totals + 32 * at + 16);
   if (at < nv) {  // s's own vector: its r lanes below s (even lanes 2m < r, odd 2m + 1 < r)
     const unsigned r = unsigned(s % 16);
     const __m512i v = _mm512_loadu_si512(q + 16 * at);
-    const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(v, vs), sh);
-    const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_srli_epi64(v, 32), vs), sh);
-    sum_below = _mm512_mask_add_epi64(sum_below, __mmask8((1u << ((r + 1) / 2)) - 1), sum_below, even);
-    sum_below = _mm512_mask_add_epi64(sum_below, __mmask8((1u << (r / 2)) - 1), sum_below, odd);
+    const __mmask8 even_below = __mmask8((1u << ((r + 1) / 2)) - 1), odd_below = __mmask8((1u << (r / 2)) - 1);
+    sum_below = _mm512_mask_add_epi64(sum_below, even_below, sum_below, f_even16(v, vs, sh));
+    sum_below = _mm512_mask_add_epi64(sum_below, odd_below, sum_below, f_odd16(v, vs, sh));
     mx_below = _mm512_mask_max_epu32(mx_below, __mmask16((1u << r) - 1), mx_below, v);
   }
   all = uint32_t(_mm512_reduce_add_epi64(sum));
@@ -506,9 +515,7 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, 
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * j));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * j), sum);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * j + 8), mx);
-    const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, vs), sh);
-    const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), vs), sh);
-    sum = _mm256_add_epi64(sum, _mm256_add_epi64(even, odd));
+    sum = _mm256_add_epi64(sum, _mm256_add_epi64(f_even8(v, vs, sh), f_odd8(v, vs, sh)));
     mx = _mm256_max_epu32(mx, v);
   }
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * nv), sum);
@@ -520,11 +527,11 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, 
   if (at < nv) {  // s's own vector, as above
     const int32_t r = int32_t(s % 8);
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * at));
-    const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, vs), sh);
-    const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), vs), sh);
     const __m256i r64 = _mm256_set1_epi64x(r);
-    sum_below = _mm256_add_epi64(sum_below, _mm256_and_si256(_mm256_cmpgt_epi64(r64, _mm256_setr_epi64x(0, 2, 4, 6)), even));
-    sum_below = _mm256_add_epi64(sum_below, _mm256_and_si256(_mm256_cmpgt_epi64(r64, _mm256_setr_epi64x(1, 3, 5, 7)), odd));
+    const __m256i even_below = _mm256_cmpgt_epi64(r64, _mm256_setr_epi64x(0, 2, 4, 6));
+    const __m256i odd_below = _mm256_cmpgt_epi64(r64, _mm256_setr_epi64x(1, 3, 5, 7));
+    sum_below = _mm256_add_epi64(sum_below, _mm256_and_si256(even_below, f_even8(v, vs, sh)));
+    sum_below = _mm256_add_epi64(sum_below, _mm256_and_si256(odd_below, f_odd8(v, vs, sh)));
     const __m256i lanes_below = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     mx_below = _mm256_max_epu32(mx_below, _mm256_and_si256(lanes_below, v));
   }
@@ -588,8 +595,8 @@ NCX_HD_ALWAYS_INLINE void to_frequencies(uint32_t* q, const QuantParams& qp, int
 // Cumulative frequency below symbol s and its frequency (encoding needs no
 // CDF). q holds symbol_scratch_words(V) words, from a cache line's start.
 template <typename T>
-NCX_HD_ALWAYS_INLINE int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s, uint32_t* q,
-                                   uint32_t* cum, uint32_t* freq) {
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s,
+                                                 uint32_t* q, uint32_t* cum, uint32_t* freq) {
   QuantParams qp;
   // The remainder goes to the first index of the largest weight; encoding
   // only needs to know whether that index is below, at or above s, which the
@@ -608,7 +615,8 @@ NCX_HD_ALWAYS_INLINE int32_t quantize_row_symbol(const T* row, int64_t V, int pr
 // The full CDF: cdf[0] = 0, cdf[V] = 2^P (the window encoder's straddle search
 // needs every boundary).
 template <typename T>
-NCX_HD_ALWAYS_INLINE int32_t quantize_row_cdf(const T* row, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf) {
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_cdf(const T* row, int64_t V, int precision, bool logits, uint32_t* q,
+                                              uint32_t* cdf) {
   QuantParams qp;
   int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
   if (st != kOk) return st;
@@ -736,8 +744,8 @@ NCX_HD_ALWAYS_INLINE int64_t find_block8(const uint32_t* f, uint32_t target, uin
 // With vectors both steps are prefix sums and a compare (the block step
 // for byte alphabets; other sizes scan the block sums); without, scans.
 template <typename T>
-NCX_HD_ALWAYS_INLINE int32_t quantize_row_find(const T* row, int64_t V, int precision, bool logits, uint32_t target, uint32_t* q,
-                                 int64_t* sym, uint32_t* cum, uint32_t* freq) {
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_find(const T* row, int64_t V, int precision, bool logits, uint32_t target,
+                                               uint32_t* q, int64_t* sym, uint32_t* cum, uint32_t* freq) {
   QuantParams qp;
   int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
   if (st != kOk) return st;

@@ -53,6 +53,9 @@ class Symbols {
         p64_(wide_ ? t.data_ptr<int64_t>() : nullptr),
         p32_(wide_ ? nullptr : t.data_ptr<int32_t>()) {}
   int64_t operator[](int64_t i) const { return wide_ ? p64_[i] : int64_t(p32_[i]); }
+  // For the kernels' loops: int64 (wide) or int32, from element i on.
+  bool wide() const { return wide_; }
+  const void* from(int64_t i) const { return wide_ ? static_cast<const void*>(p64_ + i) : p32_ + i; }
 
  private:
   bool wide_;
@@ -108,10 +111,8 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
               "symbols must have shape [B, T] = [", B, ", ", T, "], got ", symbols_in.sizes());
   check_lengths(lengths_in, B, T);
   if (max_bytes <= 0) max_bytes = max_stream_bytes(T, precision);
-  Tensor symbols = symbols_in.contiguous();
-  const bool wide = symbols.scalar_type() == at::kLong;  // else int32
-  const char* sym_p = static_cast<const char*>(symbols.data_ptr());
-  const int64_t sym_row_bytes = T * symbols.element_size();
+  Tensor symbols_tensor = symbols_in.contiguous();
+  const Symbols symbols(symbols_tensor);
   Tensor lengths = lengths_in.to(at::kLong).contiguous();
   Tensor out = at::zeros({B, max_bytes}, dist.options().dtype(at::kByte));
   Tensor nbits = at::zeros({B}, dist.options().dtype(at::kLong));
@@ -128,9 +129,9 @@ std::tuple<Tensor, Tensor, Tensor> encode_cpu(const Tensor& dist, const Tensor& 
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       RowScratch scratch(V);
       for (int64_t b = begin; b < end; ++b)
-        status_p[b] = quantizer.encode_stream(base + b * sb, st, sym_p + b * sym_row_bytes, wide,
-                                              len_p[b], V, int(precision), logits, scratch.q(),
-                                              out_p + b * max_bytes, max_bytes, nbits_p + b);
+        status_p[b] = quantizer.encode_stream(base + b * sb, st, symbols.from(b * T), symbols.wide(), len_p[b], V,
+                                              int(precision), logits, scratch.q(), out_p + b * max_bytes,
+                                              max_bytes, nbits_p + b);
     });
   });
   return {out, nbits, status};
