@@ -229,7 +229,10 @@ def test_remainder_and_sums_below_every_symbol_at_every_level(at_level, V):
     largest weight before, at and after it, and another weight whose fixed
     point ties with the largest (1.5 and 1.5 + 2^-23: the last mantissa bit is
     dropped) on the far side, checks every lane split and the remainder's
-    place at every level against the reference coder, both ways."""
+    place at every level against the reference coder, both ways. The
+    precisions take each form of the encoder's products: f in the high
+    dwords after shifting q left by 2, 1 or 0 (P = 24, 23, 22), or with the
+    high dwords' low bits cleared (P = 21, 16 and the smallest P)."""
     gen = torch.Generator().manual_seed(V)
     rows, symbols = [], []
     for s in range(V):
@@ -240,7 +243,7 @@ def test_remainder_and_sums_below_every_symbol_at_every_level(at_level, V):
             rows.append(row)
             symbols.append(s)
     dist, symbols = torch.stack(rows)[None], torch.tensor(symbols)[None]
-    for precision in (16, 24):
+    for precision in sorted({V.bit_length(), 16, 21, 22, 23, 24}):
         enc = _per_level(at_level, lambda: ops.encode(dist, symbols, precision=precision))
         _assert_all_equal(enc)
         cdf, status = coder_ref.quantize(dist[0], precision)

@@ -453,7 +453,14 @@ NCX_HD_ALWAYS_INLINE __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m25
 // are then the stored ones at s's vector plus that vector's lanes below s.
 // (Loops whose lengths depend on s would mispredict their exits at every
 // symbol, and a compare against s in every lane costs more than the store.)
-// The products stay in 64-bit lanes: the sums need no f in q's order.
+//
+// The sums need no f in q's order, nor f itself: with q_i shifted left by
+// pre = 32 - shift (shift <= 32, P >= 22; q_i < 2^23 leaves room for it),
+// f_i is the high dword of the 64-bit product q_i * scale, and with shift > 32
+// it is that high dword shifted right by post = shift - 32, whose sum is the
+// sum of the high dwords with their low post bits cleared, shifted once at
+// the end. Either way a dword add of the even and the odd products sums
+// their f in the odd dwords, and no 64-bit shift per product is needed.
 struct SymbolSums {
   uint32_t below, all;
   bool max_below;
@@ -463,84 +470,128 @@ struct SymbolSums {
 // cache line two running totals per vector of up to 16 lanes, and one more.
 NCX_HD int64_t symbol_scratch_words(int64_t V) { return 3 * ((V + 15) / 16 * 16) + 32; }
 
-NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
-  uint32_t below = 0, all = 0, max_below = 0;
-  int64_t i = 0;
-  if (qp.scale >> 32) {  // only when the largest weight is subnormal
-    for (; i < V; ++i) {
-      const uint32_t f = fixed_to_f(q[i], qp.scale, qp.shift);
-      all += f;
-      below += i < s ? f : 0u;
-      max_below = i < s && q[i] > max_below ? q[i] : max_below;
-    }
-    return {below, all, max_below == qp.q_max};
-  }
-  const uint32_t scale32 = uint32_t(qp.scale);
-#if (defined(__AVX512F__) || defined(__AVX2__)) && !defined(__CUDA_ARCH__)
-  uint32_t* totals = q + (V + 15) / 16 * 16;  // [sums of f as 64-bit lanes, max q lanes] per vector
-#endif
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
-  const __m512i vs = _mm512_set1_epi64(scale32), sh = _mm512_set1_epi64(qp.shift);
-  __m512i sum = _mm512_setzero_si512(), mx = sum;
+// The products of 16 q_i whose odd dwords hold f_i << post: even q_i's in
+// *even, odd q_i's (moved down by a shuffle, port 5) in *odd.
+template <bool kPost>
+NCX_HD_ALWAYS_INLINE void f_high16(__m512i v, __m512i scale, __m512i pre, __m512i keep, __m512i* even,
+                                   __m512i* odd) {
+  if (!kPost) v = _mm512_sllv_epi32(v, pre);
+  *even = _mm512_mul_epu32(v, scale);
+  *odd = _mm512_mul_epu32(_mm512_shuffle_epi32(v, _MM_PERM_CDAB), scale);
+  if (kPost) {
+    *even = _mm512_and_si512(*even, keep);
+    *odd = _mm512_and_si512(*odd, keep);
+  }
+}
+#elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
+// As f_high16, for 8 q_i.
+template <bool kPost>
+NCX_HD_ALWAYS_INLINE void f_high8(__m256i v, __m256i scale, __m256i pre, __m256i keep, __m256i* even,
+                                  __m256i* odd) {
+  if (!kPost) v = _mm256_sllv_epi32(v, pre);
+  *even = _mm256_mul_epu32(v, scale);
+  *odd = _mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale);
+  if (kPost) {
+    *even = _mm256_and_si256(*even, keep);
+    *odd = _mm256_and_si256(*odd, keep);
+  }
+}
+// The sum of the odd dwords of 8.
+inline uint32_t sum_odd_dwords8(__m256i v) { return sum_lanes64(_mm256_srli_epi64(v, 32)); }
+#endif
+
+#if (defined(__AVX512F__) || defined(__AVX2__)) && !defined(__CUDA_ARCH__)
+template <bool kPost>
+NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
+  const uint32_t scale32 = uint32_t(qp.scale);
+  const int pre = kPost ? 0 : 32 - qp.shift, post = kPost ? qp.shift - 32 : 0;
+  const uint64_t keep64 = ~uint64_t(0) << (32 + post);
+  uint32_t* totals = q + (V + 15) / 16 * 16;  // [sums of f, max q] per vector, as they stand before it
+  uint32_t below, all, max_below;
+#if defined(__AVX512F__)
+  const __m512i vs = _mm512_set1_epi64(scale32), vpre = _mm512_set1_epi32(pre);
+  const __m512i keep = _mm512_set1_epi64(int64_t(keep64));
+  __m512i sum = _mm512_setzero_si512(), mx = sum, e, o;
   const int64_t nv = V / 16;
   for (int64_t j = 0; j < nv; ++j) {
     const __m512i v = _mm512_loadu_si512(q + 16 * j);
     _mm512_storeu_si512(totals + 32 * j, sum);
     _mm512_storeu_si512(totals + 32 * j + 16, mx);
-    sum = _mm512_add_epi64(sum, _mm512_add_epi64(f_even16(v, vs, sh), f_odd16(v, vs, sh)));
+    f_high16<kPost>(v, vs, vpre, keep, &e, &o);
+    sum = _mm512_add_epi32(sum, _mm512_add_epi32(e, o));
     mx = _mm512_max_epu32(mx, v);
   }
   _mm512_storeu_si512(totals + 32 * nv, sum);
   _mm512_storeu_si512(totals + 32 * nv + 16, mx);
-  i = 16 * nv;
-  const int64_t at = s < i ? s / 16 : nv;
+  const int64_t done = 16 * nv, at = s < done ? s / 16 : nv;
   __m512i sum_below = _mm512_loadu_si512(totals + 32 * at);
   __m512i mx_below = _mm512_loadu_si512(totals + 32 * at + 16);
-  if (at < nv) {  // s's own vector: its r lanes below s (even lanes 2m < r, odd 2m + 1 < r)
+  if (at < nv) {  // s's own vector: its r lanes below s (f_i sits in dword i | 1)
     const unsigned r = unsigned(s % 16);
     const __m512i v = _mm512_loadu_si512(q + 16 * at);
-    const __mmask8 even_below = __mmask8((1u << ((r + 1) / 2)) - 1), odd_below = __mmask8((1u << (r / 2)) - 1);
-    sum_below = _mm512_mask_add_epi64(sum_below, even_below, sum_below, f_even16(v, vs, sh));
-    sum_below = _mm512_mask_add_epi64(sum_below, odd_below, sum_below, f_odd16(v, vs, sh));
+    f_high16<kPost>(v, vs, vpre, keep, &e, &o);
+    sum_below = _mm512_mask_add_epi32(sum_below, __mmask16(0xaaaau & ((2u << r) - 1)), sum_below, e);
+    sum_below = _mm512_mask_add_epi32(sum_below, __mmask16(0xaaaau & ((1u << r) - 1)), sum_below, o);
     mx_below = _mm512_mask_max_epu32(mx_below, __mmask16((1u << r) - 1), mx_below, v);
   }
-  all = uint32_t(_mm512_reduce_add_epi64(sum));
-  below = uint32_t(_mm512_reduce_add_epi64(sum_below));
+  all = uint32_t(_mm512_mask_reduce_add_epi32(0xaaaa, sum)) >> post;
+  below = uint32_t(_mm512_mask_reduce_add_epi32(0xaaaa, sum_below)) >> post;
   max_below = uint32_t(_mm512_reduce_max_epu32(mx_below));
-#elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
-  const __m256i vs = _mm256_set1_epi64x(scale32), sh = _mm256_set1_epi64x(qp.shift);
-  __m256i sum = _mm256_setzero_si256(), mx = sum;
+#else
+  const __m256i vs = _mm256_set1_epi64x(scale32), vpre = _mm256_set1_epi32(pre);
+  const __m256i keep = _mm256_set1_epi64x(int64_t(keep64));
+  __m256i sum = _mm256_setzero_si256(), mx = sum, e, o;
   const int64_t nv = V / 8;
   for (int64_t j = 0; j < nv; ++j) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * j));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * j), sum);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * j + 8), mx);
-    sum = _mm256_add_epi64(sum, _mm256_add_epi64(f_even8(v, vs, sh), f_odd8(v, vs, sh)));
+    f_high8<kPost>(v, vs, vpre, keep, &e, &o);
+    sum = _mm256_add_epi32(sum, _mm256_add_epi32(e, o));
     mx = _mm256_max_epu32(mx, v);
   }
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * nv), sum);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * nv + 8), mx);
-  i = 8 * nv;
-  const int64_t at = s < i ? s / 8 : nv;
+  const int64_t done = 8 * nv, at = s < done ? s / 8 : nv;
   __m256i sum_below = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(totals + 16 * at));
   __m256i mx_below = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(totals + 16 * at + 8));
   if (at < nv) {  // s's own vector, as above
     const int32_t r = int32_t(s % 8);
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * at));
-    const __m256i r64 = _mm256_set1_epi64x(r);
-    const __m256i even_below = _mm256_cmpgt_epi64(r64, _mm256_setr_epi64x(0, 2, 4, 6));
-    const __m256i odd_below = _mm256_cmpgt_epi64(r64, _mm256_setr_epi64x(1, 3, 5, 7));
-    sum_below = _mm256_add_epi64(sum_below, _mm256_and_si256(even_below, f_even8(v, vs, sh)));
-    sum_below = _mm256_add_epi64(sum_below, _mm256_and_si256(odd_below, f_odd8(v, vs, sh)));
+    f_high8<kPost>(v, vs, vpre, keep, &e, &o);
+    // Odd dword d holds f_(d-1) in e and f_d in o: lanes d <= r and d < r.
+    const __m256i odd_index = _mm256_setr_epi32(64, 1, 64, 3, 64, 5, 64, 7);
+    const __m256i even_below = _mm256_cmpgt_epi32(_mm256_set1_epi32(r + 1), odd_index);
+    const __m256i odd_below = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), odd_index);
+    sum_below = _mm256_add_epi32(sum_below, _mm256_and_si256(even_below, e));
+    sum_below = _mm256_add_epi32(sum_below, _mm256_and_si256(odd_below, o));
     const __m256i lanes_below = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     mx_below = _mm256_max_epu32(mx_below, _mm256_and_si256(lanes_below, v));
   }
-  all = sum_lanes64(sum);
-  below = sum_lanes64(sum_below);
+  all = sum_odd_dwords8(sum) >> post;
+  below = sum_odd_dwords8(sum_below) >> post;
   max_below = max_lanes8(mx_below);
 #endif
-  for (; i < V; ++i) {
-    const uint32_t f = uint32_t((uint64_t(q[i]) * scale32) >> qp.shift);
+  for (int64_t k = 0, rest = V - done; k < rest; ++k) {  // counted from the vectors' end, as in to_frequencies
+    const int64_t i = done + k;
+    const uint32_t f = fixed_to_f(q[i], qp.scale, qp.shift);
+    all += f;
+    below += i < s ? f : 0u;
+    max_below = i < s && q[i] > max_below ? q[i] : max_below;
+  }
+  return {below, all, max_below == qp.q_max};
+}
+#endif
+
+NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
+#if (defined(__AVX512F__) || defined(__AVX2__)) && !defined(__CUDA_ARCH__)
+  if (!(qp.scale >> 32))  // always, unless the largest weight is subnormal
+    return qp.shift > 32 ? symbol_sums_vec<true>(q, qp, s, V) : symbol_sums_vec<false>(q, qp, s, V);
+#endif
+  uint32_t below = 0, all = 0, max_below = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const uint32_t f = fixed_to_f(q[i], qp.scale, qp.shift);
     all += f;
     below += i < s ? f : 0u;
     max_below = i < s && q[i] > max_below ? q[i] : max_below;
