@@ -47,9 +47,9 @@
 // Before a loop over a row's elements or vectors: unrolled by 4 at the
 // baseline and avx2 levels, where each vector's work is a few instructions
 // and the loop's own (pointer adds, the exit test, register copies) took
-// about as many slots; with it, encoding a row at avx2 took 10-14% less time
-// with the row in cache (docs/performance.md). At avx512 GCC unrolls the byte
-// loops whole by itself, and the pragma made them slower.
+// about as many slots; with it, encoding took 4-9% less time at avx2 and
+// baseline, and decoding 3-6% at avx2 (docs/performance.md). At avx512 GCC
+// unrolls the byte loops whole by itself, and the pragma made them slower.
 #if defined(__AVX512F__) || defined(__CUDACC__)
 #define NCX_UNROLL_ROW
 #else
