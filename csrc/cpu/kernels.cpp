@@ -921,10 +921,10 @@ void prefetch_row(const T* row, int64_t V) {
 }
 
 // How many rows ahead the loops ask for: about 6 KiB. A row takes 70-200 ns
-// to code and RAM as long to answer, and the lines in flight must cover that
-// time. For byte alphabets in float32 (6 rows), against the 2 rows before,
+// to code, a read from RAM about as long, and the lines in flight must cover
+// it. For byte alphabets in float32 (6 rows), against the 2 rows before,
 // encoding from RAM ran 5-18% faster and decoding 0-8% at avx2 and avx512
-// (docs/performance.md); 12 rows ahead was no better than 2.
+// (docs/performance.md); at avx512, 12 rows ahead was no better than 2.
 inline int64_t prefetch_distance(int64_t V, int64_t elem_bytes) {
   const int64_t rows = 6144 / (V * elem_bytes);
   return rows < 1 ? 1 : rows;
