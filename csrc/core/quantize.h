@@ -433,31 +433,21 @@ NCX_HD uint32_t free_mass(int precision, int64_t V) { return uint32_t((uint64_t(
 // take their count from a vector: the form with an xmm count is two uops on
 // Intel cores, and these loops are bound by the vector ports.
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
-// f of the even q_i (lanes 2m) and of the odd ones (2m + 1) of 16, in 64-bit lanes.
-NCX_HD_ALWAYS_INLINE __m512i f_even16(__m512i v, __m512i scale, __m512i shift) {
-  return _mm512_srlv_epi64(_mm512_mul_epu32(v, scale), shift);
-}
-NCX_HD_ALWAYS_INLINE __m512i f_odd16(__m512i v, __m512i scale, __m512i shift) {
-  // The odd q_i moved down by a shuffle (port 5), beside the multiplies and shifts (port 0).
-  return _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_shuffle_epi32(v, _MM_PERM_CDAB), scale), shift);
-}
 NCX_HD_ALWAYS_INLINE __m512i fixed_to_f16(const uint32_t* q, __m512i scale, __m512i shift) {
   const __m512i v = _mm512_loadu_si512(q);
+  const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(v, scale), shift);
+  // The odd q_i moved down by a shuffle (port 5), beside the multiplies and shifts (port 0).
+  const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_shuffle_epi32(v, _MM_PERM_CDAB), scale), shift);
   // Interleave the low halves: lane 2j from even's lane 2j, 2j+1 from odd's.
   const __m512i pick = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-  return _mm512_permutex2var_epi32(f_even16(v, scale, shift), pick, f_odd16(v, scale, shift));
+  return _mm512_permutex2var_epi32(even, pick, odd);
 }
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
-// As f_even16 and f_odd16, for 8 q_i.
-NCX_HD_ALWAYS_INLINE __m256i f_even8(__m256i v, __m256i scale, __m256i shift) {
-  return _mm256_srlv_epi64(_mm256_mul_epu32(v, scale), shift);
-}
-NCX_HD_ALWAYS_INLINE __m256i f_odd8(__m256i v, __m256i scale, __m256i shift) {
-  return _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
-}
 NCX_HD_ALWAYS_INLINE __m256i fixed_to_f8(const uint32_t* q, __m256i scale, __m256i shift) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-  return _mm256_or_si256(f_even8(v, scale, shift), _mm256_slli_epi64(f_odd8(v, scale, shift), 32));
+  const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(v, scale), shift);
+  const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(v, 32), scale), shift);
+  return _mm256_or_si256(even, _mm256_slli_epi64(odd, 32));
 }
 #endif
 
@@ -484,6 +474,20 @@ struct SymbolSums {
 // Words of scratch quantize_row_symbol needs: q[0..V), then from the next
 // cache line two running totals per vector of up to 16 lanes, and one more.
 NCX_HD int64_t symbol_scratch_words(int64_t V) { return 3 * ((V + 15) / 16 * 16) + 32; }
+
+// The serial form over q[from..V), added to the running sums. Counted from
+// `from`, as in to_frequencies: after the vector loops GCC would otherwise
+// vectorize this tail of a few elements too.
+NCX_HD_ALWAYS_INLINE void add_symbol_sums(const uint32_t* q, const QuantParams& qp, int64_t s, int64_t from,
+                                          int64_t V, uint32_t* below, uint32_t* all, uint32_t* max_below) {
+  for (int64_t k = 0, rest = V - from; k < rest; ++k) {
+    const int64_t i = from + k;
+    const uint32_t f = fixed_to_f(q[i], qp.scale, qp.shift);
+    *all += f;
+    *below += i < s ? f : 0u;
+    *max_below = i < s && q[i] > *max_below ? q[i] : *max_below;
+  }
+}
 
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
 // The products of 16 q_i whose odd dwords hold f_i << post: even q_i's in
@@ -589,13 +593,7 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& 
   below = sum_odd_dwords8(sum_below) >> post;
   max_below = max_lanes8(mx_below);
 #endif
-  for (int64_t k = 0, rest = V - done; k < rest; ++k) {  // counted from the vectors' end, as in to_frequencies
-    const int64_t i = done + k;
-    const uint32_t f = fixed_to_f(q[i], qp.scale, qp.shift);
-    all += f;
-    below += i < s ? f : 0u;
-    max_below = i < s && q[i] > max_below ? q[i] : max_below;
-  }
+  add_symbol_sums(q, qp, s, done, V, &below, &all, &max_below);
   return {below, all, max_below == qp.q_max};
 }
 #endif
@@ -606,12 +604,7 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, 
     return qp.shift > 32 ? symbol_sums_vec<true>(q, qp, s, V) : symbol_sums_vec<false>(q, qp, s, V);
 #endif
   uint32_t below = 0, all = 0, max_below = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    const uint32_t f = fixed_to_f(q[i], qp.scale, qp.shift);
-    all += f;
-    below += i < s ? f : 0u;
-    max_below = i < s && q[i] > max_below ? q[i] : max_below;
-  }
+  add_symbol_sums(q, qp, s, 0, V, &below, &all, &max_below);
   return {below, all, max_below == qp.q_max};
 }
 
