@@ -287,10 +287,15 @@ def test_model_coding_identical_at_every_level(at_level, method_cls, kw):
 # ------------------------------------------------------------ integer M1 ops
 @pytest.mark.parametrize("N, K, D", [(0, 64, 5), (1, 1, 1), (5, 130, 37), (300, 256, 257), (2, 1100, 3),
                                      (40, 2100, 24)])
-def test_int_linear_identical_at_every_level_and_exact(at_level, N, K, D):
-    """avx512 takes torch._int_mm, the others float32 GEMMs over K slices of at
-    most 1040 (K = 1100 and 2100 cross slice boundaries); extremes saturate
-    16-bit pair sums, as an inexact int8 GEMM would."""
+@pytest.mark.parametrize("shifts", [(20, 45), (40, 46)])
+def test_int_linear_identical_at_every_level_and_exact(at_level, N, K, D, shifts):
+    """avx512 takes torch._int_mm, the others ncx's pmaddwd kernel, with the
+    avx2 level's own quantizer and dequantizer loops (K = 130, 1100 and 2100
+    leave tails after their vectors of 16, D = 37 and 257 after their blocks
+    of 8 channels); extremes saturate 16-bit pair sums, as an inexact int8
+    GEMM would. With shifts from 20, outputs can saturate and the rows take
+    the dequantizer's clamped loops; from 40 (and these activations) they
+    cannot, and the rows take the loops without clamps."""
     gen = torch.Generator().manual_seed(N * 7 + K)
     x = _ints(gen, (N, K), -(1 << 22), 1 << 22)
     w = _ints(gen, (D, K), -127, 128, torch.int8)
@@ -302,7 +307,7 @@ def test_int_linear_identical_at_every_level_and_exact(at_level, N, K, D):
         if D > 1:
             w[1] = -127
     mult = _ints(gen, (D,), 1 << 14, (1 << 15) + 1)
-    shift = _ints(gen, (D,), 20, 45)
+    shift = _ints(gen, (D,), *shifts)
     results = _per_level(at_level, lambda: ops.int_linear(x, w, mult, shift))
     _assert_all_equal(results)
     if N * K * D <= 200_000:  # the pure-Python reference, where it is quick

@@ -46,6 +46,43 @@ uint32_t row_amax(const int32_t* x, int64_t K) {
   return m;
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// quantize_row below, into int16 at the avx2 level, 16 values a step; returns
+// how many it did (the rest take quantize_row's loop). Where GCC's vector
+// loop of quantize_row spends its time in integer shifts and multiplies and
+// the two corrections' blends, this takes t in float: with lo = u mod 2^e
+// < 2^17, 127 lo is an integer below 2^24 and 2^(1-e) a power of two, so
+// floor(254 lo / 2^e) = floor(lo * 127 2^(1-e)) is exact, and so are
+// 254 (u >> e) and their sum. The quotient needs no correction when it is a
+// correctly rounded division: n / (2 mant) < 128 is either an integer, which
+// the division gives exactly, or at least 1 / (2 mant) >= 2^-16 below the
+// next one, more than the half unit (2^-18) that rounding could add (checked
+// for every mantissa, around every integer quotient). The sign comes back by
+// vpsignd.
+int64_t quantize_row16(const int32_t* xr, int64_t K, RowScale rs, int16_t* qr) {
+  const int e = rs.exp;
+  const __m256i ve = _mm256_set1_epi32(e), low = _mm256_set1_epi32(int32_t((uint32_t(1) << e) - 1));
+  const __m256 lo_scale = _mm256_set1_ps(float(kActMax) * bits_to_float(uint32_t(128 - e) << 23));  // 127 2^(1-e)
+  const __m256 twice = _mm256_set1_ps(float(2 * kActMax)), mant = _mm256_set1_ps(float(rs.mant));
+  const __m256 den = _mm256_set1_ps(2.0f * float(rs.mant));
+  auto quantize8 = [&](const int32_t* p) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i u = _mm256_abs_epi32(x);  // |INT32_MIN| reads as 2^31 unsigned, as magnitude() gives
+    const __m256 hi = _mm256_cvtepi32_ps(_mm256_srlv_epi32(u, ve));
+    const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(u, low));
+    const __m256 t = _mm256_add_ps(_mm256_mul_ps(hi, twice), _mm256_floor_ps(_mm256_mul_ps(lo, lo_scale)));
+    const __m256 n = _mm256_add_ps(t, mant);
+    return _mm256_sign_epi32(_mm256_cvttps_epi32(_mm256_div_ps(n, den)), x);
+  };
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256i packed = _mm256_packs_epi32(quantize8(xr + k), quantize8(xr + k + 8));  // 128-bit halves interleaved
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + k), _mm256_permute4x64_epi64(packed, 0xd8));
+  }
+  return k;
+}
+#endif
+
 // quantize_activation of a whole row in 32-bit lanes, without its 64-bit
 // division per value (which made this loop cost as much as the GEMM after
 // it). With the row's scale A = mant * 2^e (mant <= 2^15, e <= 17) and
@@ -55,8 +92,10 @@ uint32_t row_amax(const int32_t* x, int64_t K) {
 // quotient over), and t = 254 (u >> e) + ((254 (u mod 2^e)) >> e) stays
 // below 2^25. The numerator and denominator are integers below 2^24, exact in
 // float; the float quotient is off by at most one, and two comparisons,
-// exact in float (products below 2^24), put it right. The loop vectorizes at
-// every level, 8 or 16 values a vector.
+// exact in float (products below 2^24), put it right. GCC vectorizes the loop
+// at every level, 8 or 16 values a vector; at the avx2 level the int16 rows
+// (ncx's pmaddwd kernel) take quantize_row16 above instead, which gives the
+// same integers in half the time.
 template <typename Q>
 void quantize_row(const int32_t* xr, int64_t K, RowScale rs, Q* qr) {
   if (!rs.mant) {
@@ -66,7 +105,11 @@ void quantize_row(const int32_t* xr, int64_t K, RowScale rs, Q* qr) {
   const int e = rs.exp;
   const uint32_t low = (uint32_t(1) << e) - 1, twice = 2 * kActMax;
   const float mant = float(rs.mant), den = 2.0f * mant, inv = 1.0f / den;
-  for (int64_t k = 0; k < K; ++k) {
+  int64_t k = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (sizeof(Q) == 2) k = quantize_row16(xr, K, rs, qr);
+#endif
+  for (; k < K; ++k) {
     const uint32_t u = magnitude(xr[k]);
     const float n = float(int32_t(twice * (u >> e) + ((twice * (u & low)) >> e))) + mant;
     float c = float(int32_t(n * inv));
@@ -93,6 +136,41 @@ void quantize_rows(const int32_t* x, int64_t begin, int64_t end, int64_t K, int8
   }
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// dequantize_rows' loops below at the avx2 level take the channels 8 at a
+// time: GCC's own vector loop spent most of its time moving lanes into and
+// out of 64-bit order (about 11 shuffles, all on one port, for 8 channels).
+// Here the even and the odd channels are multiplied in place (vpmuldq reads
+// the low half of each 64-bit lane) and the results go back by one blend, so
+// the per-channel terms are kept in the same order: in each whole block of 8
+// channels, those of channels 0, 2, 4, 6, then 1, 3, 5, 7.
+constexpr int64_t kDequantBlock = 8;
+inline int64_t dequant_slot(int64_t d, int64_t blocked) {
+  return d < blocked ? (d & ~int64_t(7)) | ((d & 1) << 2) | ((d & 7) >> 1) : d;
+}
+
+template <bool kClamp>
+inline void dequantize8(const int32_t* a, __m256i mant, const int32_t* multiplier, const uint64_t* shifts,
+                        const uint64_t* bias, const uint64_t* back, int32_t* o) {
+  auto load = [](const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); };
+  const __m256i x = load(a), m = _mm256_mullo_epi32(load(multiplier), mant);  // |mant * multiplier| <= 2^30
+  __m256i r[2] = {_mm256_mul_epi32(x, m), _mm256_mul_epi32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(m, 32))};
+  for (int h = 0; h < 2; ++h) {  // the even channels, then the odd
+    r[h] = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_add_epi64(r[h], load(bias + 4 * h)), load(shifts + 4 * h)),
+                            load(back + 4 * h));
+    if (kClamp) {
+      const __m256i top = _mm256_set1_epi64x(INT32_MAX), bottom = _mm256_set1_epi64x(-INT32_MAX);
+      r[h] = _mm256_blendv_epi8(r[h], top, _mm256_cmpgt_epi64(r[h], top));
+      r[h] = _mm256_blendv_epi8(r[h], bottom, _mm256_cmpgt_epi64(bottom, r[h]));
+    }
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_blend_epi32(r[0], _mm256_slli_epi64(r[1], 32), 0xaa));
+}
+#else
+constexpr int64_t kDequantBlock = 0;  // every channel's terms in its own place
+inline int64_t dequant_slot(int64_t d, int64_t) { return d; }
+#endif
+
 // dequantize over rows. Its product acc * mant * multiplier is
 // acc * (mant * multiplier) with mant * multiplier <= 2^30: one 32 x 32 -> 64
 // bit multiply. Where every channel's s = shift - exponent lies in [1, 62]
@@ -114,8 +192,9 @@ void dequantize_rows(const int32_t* acc, int64_t begin, int64_t end, int64_t D, 
   }
   // The shift terms depend on the row's exponent only: recomputed when it changes.
   constexpr int64_t kMaxD = 4096;
-  uint64_t shifts[kMaxD], bias[kMaxD], back[kMaxD];
+  uint64_t shifts[kMaxD], bias[kMaxD], back[kMaxD];  // in dequant_slot order
   int32_t shifts_for = INT32_MIN;
+  const int64_t blocked = D & -kDequantBlock;  // the channels in whole blocks (none without blocks)
   for (int64_t n = begin; n < end; ++n) {
     const RowScale rs{scale[2 * n], scale[2 * n + 1]};
     const int32_t* a = acc + n * D;
@@ -126,25 +205,35 @@ void dequantize_rows(const int32_t* acc, int64_t begin, int64_t end, int64_t D, 
     }
     if (rs.exp != shifts_for) {
       for (int64_t d = 0; d < D; ++d) {
-        shifts[d] = uint64_t(shift[d] - rs.exp);
-        bias[d] = (uint64_t(1) << 62) + (uint64_t(1) << (shifts[d] - 1));
-        back[d] = uint64_t(1) << (62 - shifts[d]);
+        const int64_t j = dequant_slot(d, blocked);
+        shifts[j] = uint64_t(shift[d] - rs.exp);
+        bias[j] = (uint64_t(1) << 62) + (uint64_t(1) << (shifts[j] - 1));
+        back[j] = uint64_t(1) << (62 - shifts[j]);
       }
       shifts_for = rs.exp;
     }
     // No output of the row saturates where its largest product P stays below
     // (2^31 - 2) 2^s for the smallest s: then |r| <= P / 2^s + 1 < 2^31 - 1,
-    // and the loop leaves the clamps out.
+    // and the loops leave the clamps out.
     const int s_min = lo - rs.exp;
     const int64_t P = int64_t(row_amax(a, D)) * int64_t(rs.mant) * int64_t(max_multiplier);  // < 2^58
-    if (s_min >= 32 || P < ((int64_t(1) << 31) - 2) << s_min) {
-      for (int64_t d = 0; d < D; ++d) {
+    const bool clamp = !(s_min >= 32 || P < ((int64_t(1) << 31) - 2) << s_min);
+    int64_t d = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    const __m256i mant = _mm256_set1_epi32(rs.mant);
+    for (; d < blocked; d += kDequantBlock) {
+      if (clamp) dequantize8<true>(a + d, mant, multiplier + d, shifts + d, bias + d, back + d, o + d);
+      else dequantize8<false>(a + d, mant, multiplier + d, shifts + d, bias + d, back + d, o + d);
+    }
+#endif
+    if (!clamp) {
+      for (; d < D; ++d) {
         const int64_t prod = int64_t(a[d]) * int64_t(rs.mant * multiplier[d]);  // |mant * mult| <= 2^30
         o[d] = int32_t(int64_t((uint64_t(prod) + bias[d]) >> shifts[d]) - int64_t(back[d]));
       }
       continue;
     }
-    for (int64_t d = 0; d < D; ++d) {
+    for (; d < D; ++d) {
       const int64_t prod = int64_t(a[d]) * int64_t(rs.mant * multiplier[d]);
       const int64_t r = int64_t((uint64_t(prod) + bias[d]) >> shifts[d]) - int64_t(back[d]);
       o[d] = int32_t(r > INT32_MAX ? INT32_MAX : (r < -INT32_MAX ? -INT32_MAX : r));
