@@ -346,6 +346,21 @@ def test_int_linear_rounds_activation_halves_at_every_level(at_level):
     assert results["baseline"].tolist() == _linear_int64(x, w, mult, shift)
 
 
+def test_activation_quotient_needs_no_correction():
+    """The avx2 level's activation quantizer takes floor((t + mant) / (2 mant))
+    as the truncated float32 quotient, with no correction: exact for every
+    mantissa, as checked here around every integer quotient (numpy's float32
+    division is IEEE's correctly rounded one, as vdivps is)."""
+    mant = np.arange(1, (1 << 15) + 1, dtype=np.int64)[:, None]
+    den = 2 * mant
+    k = np.arange(128, dtype=np.int64)[None, :]
+    for step in range(-8, 9):  # n from 8 below to 8 above k * den, within [mant, 255 mant]
+        n = np.clip(k * den + step, mant, 255 * mant)
+        got = (n.astype(np.float32) / den.astype(np.float32)).astype(np.int64)
+        bad = np.flatnonzero(got != n // den)
+        assert bad.size == 0, f"mant {mant.ravel()[bad[0] // 128]}: n {n.ravel()[bad[0]]}"
+
+
 def _linear_int64(x, w, mult, shift) -> list:
     """int_reference.linear in int64 tensor arithmetic, for shapes too large
     for pure Python (shifts > 0 only, as the callers' shift - exponent are)."""

@@ -56,9 +56,9 @@ uint32_t row_amax(const int32_t* x, int64_t K) {
 // 254 (u >> e) and their sum. The quotient needs no correction when it is a
 // correctly rounded division: n / (2 mant) < 128 is either an integer, which
 // the division gives exactly, or at least 1 / (2 mant) >= 2^-16 below the
-// next one, more than the half unit (2^-18) that rounding could add (checked
-// for every mantissa, around every integer quotient). The sign comes back by
-// vpsignd.
+// next one, more than the half unit (2^-18) that rounding could add
+// (tests/test_cpu_levels.py checks every mantissa around every integer
+// quotient). The sign comes back by vpsignd.
 int64_t quantize_row16(const int32_t* xr, int64_t K, RowScale rs, int16_t* qr) {
   const int e = rs.exp;
   const __m256i ve = _mm256_set1_epi32(e), low = _mm256_set1_epi32(int32_t((uint32_t(1) << e) - 1));
