@@ -199,6 +199,48 @@ def test_stream_coding_identical_at_every_level(at_level, logits, V, dtype):
         assert torch.equal(dec["baseline"][b, :lengths[b]], symbols[b, :lengths[b]])
 
 
+@pytest.mark.parametrize("V", [256, 257])
+def test_encode_reports_the_first_bad_row_or_symbol_at_every_level(at_level, V):
+    """The encoder's loop checks a row's symbol, scans the row, takes it to
+    fixed point and codes it, asking for a row ahead between the passes. Its
+    status is the first bad row or symbol of the stream, a row's symbol
+    before the row itself, nothing from past the stream's length: at the
+    first row, the last, one row with both, and in streams of 0, 1 and 2 rows."""
+    T, nan, inf = 9, float("nan"), float("inf")
+    ok, bad_row, bad_neg, bad_inf, bad_sym = 0, 1, 2, 4, 5
+    cases = [  # (length, {row: a probability put in it and/or "sym", a bad symbol}, status)
+        (T, {}, ok),
+        (T, {0: nan}, bad_row),
+        (T, {0: "sym"}, bad_sym),
+        (T, {2: (nan, "sym")}, bad_sym),  # one row, both
+        (T, {3: nan, 4: "sym"}, bad_row),
+        (T, {3: "sym", 4: nan}, bad_sym),
+        (T, {4: -0.5, 5: "sym"}, bad_neg),
+        (T, {T - 1: inf}, bad_inf),
+        (T, {T - 1: "sym"}, bad_sym),
+        (5, {5: nan, 6: "sym"}, ok),  # past the length
+        (1, {0: inf}, bad_inf),
+        (1, {1: nan}, ok),
+        (2, {1: nan}, bad_row),
+        (2, {0: -0.5, 1: nan}, bad_neg),
+        (0, {0: nan}, ok),
+    ]
+    gen = torch.Generator().manual_seed(V)
+    dist = torch.rand(len(cases), T, V, generator=gen) + 0.01
+    symbols = torch.randint(0, V, (len(cases), T), generator=gen)
+    for b, (_, put, _) in enumerate(cases):
+        for t, change in put.items():
+            for what in change if isinstance(change, tuple) else (change,):
+                if what == "sym":
+                    symbols[b, t] = V if b % 2 else -1
+                else:
+                    dist[b, t, (7 * b) % V] = what
+    lengths = torch.tensor([length for length, _, _ in cases])
+    statuses = _per_level(at_level, lambda: torch.ops.ncx.encode(dist, symbols, lengths, 24, False, 0)[2])
+    _assert_all_equal(statuses)
+    assert statuses["baseline"].tolist() == [status for _, _, status in cases]
+
+
 @pytest.mark.parametrize("V", [256, 257, 280, 300])
 def test_decoder_finds_symbols_at_block_edges_at_every_level(at_level, V):
     """The decoder's search goes by blocks of 32 frequencies (for byte

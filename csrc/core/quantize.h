@@ -401,6 +401,26 @@ NCX_HD_ALWAYS_INLINE Sum fixed_point_row(const T* row, int64_t V, bool logits, u
   return q_sum;
 }
 
+// Steps 2-3 over a row that scan_row passed: fills q[0..V) with the
+// fixed-point weights and returns the params.
+template <bool kArgmax = true, typename T>
+NCX_HD_ALWAYS_INLINE QuantParams fixed_point_params(const T* row, int64_t V, int precision, bool logits,
+                                                    uint32_t max_w, float max_logit, uint32_t* q) {
+  QuantParams qp;
+  int32_t argmax = int32_t(V);
+  // q < 2^23, so for V <= 512 the sum fits 32 bits: the loops then run at
+  // full vector width (a 64-bit sum halves it).
+  const uint64_t q_sum =
+      V <= 512 ? fixed_point_row<uint32_t, kArgmax>(row, V, logits, max_w, max_logit, q, &argmax)
+               : fixed_point_row<uint64_t, kArgmax>(row, V, logits, max_w, max_logit, q, &argmax);
+  qp.argmax = argmax;
+  qp.q_max = weight_to_fixed(max_w, max_w);
+  qp.scale = quant_scale(q_sum, precision, V);
+  qp.shift = quant_shift(precision);
+  qp.rem = 0;  // the CPU's steps work the remainder out from their own sums
+  return qp;
+}
+
 // Steps 1-3 over one row: fills q[0..V) with the fixed-point weights and
 // returns the params, or a status.
 template <bool kArgmax = true, typename T>
@@ -410,16 +430,7 @@ NCX_HD_ALWAYS_INLINE int32_t quantize_row_prepare(const T* row, int64_t V, int p
   float max_logit = 0.0f;
   int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
   if (st != kOk) return st;
-  int32_t argmax = int32_t(V);
-  // q < 2^23, so for V <= 512 the sum fits 32 bits: the loops then run at
-  // full vector width (a 64-bit sum halves it).
-  const uint64_t q_sum =
-      V <= 512 ? fixed_point_row<uint32_t, kArgmax>(row, V, logits, max_w, max_logit, q, &argmax)
-               : fixed_point_row<uint64_t, kArgmax>(row, V, logits, max_w, max_logit, q, &argmax);
-  out->argmax = argmax;
-  out->q_max = weight_to_fixed(max_w, max_w);
-  out->scale = quant_scale(q_sum, precision, V);
-  out->shift = quant_shift(precision);
+  *out = fixed_point_params<kArgmax>(row, V, precision, logits, max_w, max_logit, q);
   return kOk;
 }
 
@@ -653,23 +664,30 @@ NCX_HD_ALWAYS_INLINE void to_frequencies(uint32_t* q, const QuantParams& qp, int
   q[qp.argmax] += (uint32_t(1) << precision) - total;  // the remainder
 }
 
-// Cumulative frequency below symbol s and its frequency (encoding needs no
-// CDF). q holds symbol_scratch_words(V) words, from a cache line's start.
-template <typename T>
-NCX_HD_ALWAYS_INLINE int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s,
-                                                 uint32_t* q, uint32_t* cum, uint32_t* freq) {
-  QuantParams qp;
-  // The remainder goes to the first index of the largest weight; encoding
-  // only needs to know whether that index is below, at or above s, which the
-  // largest q below s tells (cheaper than tracking the index).
-  int32_t st = quantize_row_prepare<false>(row, V, precision, logits, q, &qp);
-  if (st != kOk) return st;
+// Step 4 for encoding: symbol s's cumulative frequency and frequency from
+// q and the params of fixed_point_params<false> (no argmax: the remainder
+// goes to the first index of the largest weight, and encoding only needs to
+// know whether that index is below, at or above s, which the largest q below
+// s tells, cheaper than tracking the index).
+NCX_HD_ALWAYS_INLINE void symbol_interval(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V, int precision,
+                                          uint32_t* cum, uint32_t* freq) {
   const SymbolSums sums = symbol_sums(q, qp, s, V);
   const uint32_t f_s = fixed_to_f(q[s], qp.scale, qp.shift);
   const uint32_t rem = free_mass(precision, V) - sums.all;
   const bool argmax_below = sums.max_below, argmax_at = !argmax_below && q[s] == qp.q_max;
   *cum = uint32_t(s) + sums.below + (argmax_below ? rem : 0u);
   *freq = 1u + f_s + (argmax_at ? rem : 0u);
+}
+
+// Cumulative frequency below symbol s and its frequency (encoding needs no
+// CDF). q holds symbol_scratch_words(V) words, from a cache line's start.
+template <typename T>
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_symbol(const T* row, int64_t V, int precision, bool logits, int64_t s,
+                                                 uint32_t* q, uint32_t* cum, uint32_t* freq) {
+  QuantParams qp;
+  int32_t st = quantize_row_prepare<false>(row, V, precision, logits, q, &qp);
+  if (st != kOk) return st;
+  symbol_interval(q, qp, s, V, precision, cum, freq);
   return kOk;
 }
 
@@ -800,16 +818,13 @@ NCX_HD_ALWAYS_INLINE int64_t find_block8(const uint32_t* f, uint32_t target, uin
 }
 #endif
 
-// Decoding: the symbol s with cum(s) <= target < cum(s+1), without a full
-// prefix sum: the block of 32 that holds it, then the symbol in that block.
-// With vectors both steps are prefix sums and a compare (the block step
-// for byte alphabets; other sizes scan the block sums); without, scans.
-template <typename T>
-NCX_HD_ALWAYS_INLINE int32_t quantize_row_find(const T* row, int64_t V, int precision, bool logits, uint32_t target,
-                                               uint32_t* q, int64_t* sym, uint32_t* cum, uint32_t* freq) {
-  QuantParams qp;
-  int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
-  if (st != kOk) return st;
+// Step 4 for decoding, from q and the params of fixed_point_params: the
+// symbol s with cum(s) <= target < cum(s+1), without a full prefix sum: the
+// block of 32 that holds it, then the symbol in that block. With vectors both
+// steps are prefix sums and a compare (the block step for byte alphabets;
+// other sizes scan the block sums); without, scans.
+NCX_HD_ALWAYS_INLINE void find_symbol(uint32_t* q, const QuantParams& qp, int64_t V, int precision, uint32_t target,
+                                      int64_t* sym, uint32_t* cum, uint32_t* freq) {
   to_frequencies(q, qp, V, precision);
   constexpr int64_t kBlock = 32;
   uint32_t c = 0;
@@ -828,7 +843,7 @@ NCX_HD_ALWAYS_INLINE int32_t quantize_row_find(const T* row, int64_t V, int prec
   if (base + kBlock <= V) {  // a whole block (always, for V a multiple of 32)
     *sym = base + find_in_block32(q + base, c, target, cum);
     *freq = q[*sym];
-    return kOk;
+    return;
   }
 #endif
   int64_t i = base;
@@ -836,6 +851,16 @@ NCX_HD_ALWAYS_INLINE int32_t quantize_row_find(const T* row, int64_t V, int prec
   *sym = i;
   *cum = c;
   *freq = q[i];
+}
+
+// Steps 1-4 for decoding one row.
+template <typename T>
+NCX_HD_ALWAYS_INLINE int32_t quantize_row_find(const T* row, int64_t V, int precision, bool logits, uint32_t target,
+                                               uint32_t* q, int64_t* sym, uint32_t* cum, uint32_t* freq) {
+  QuantParams qp;
+  int32_t st = quantize_row_prepare(row, V, precision, logits, q, &qp);
+  if (st != kOk) return st;
+  find_symbol(q, qp, V, precision, target, sym, cum, freq);
   return kOk;
 }
 
