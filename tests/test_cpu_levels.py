@@ -241,6 +241,72 @@ def test_encode_reports_the_first_bad_row_or_symbol_at_every_level(at_level, V):
     assert statuses["baseline"].tolist() == [status for _, _, status in cases]
 
 
+def _rows_for_the_scan_ahead(gen, T: int, V: int) -> torch.Tensor:
+    """Float32 probability rows of every kind the next-row scan meets, in
+    turn: plain rows; rows holding -0.0 (valid, but their raw max has the
+    sign bit, so the row takes the full scan); rows whose largest weight is
+    subnormal (the coder's scalar paths, which must scan the next row too);
+    rows whose largest weight sits in the last element, past the vectors
+    when V is not a multiple of 16; one-hot rows."""
+    rows = torch.rand(T, V, generator=gen) ** 4 + 1e-7
+    for t in range(T):
+        kind = t % 5
+        if kind == 1:
+            rows[t, torch.randint(0, V, (max(1, V // 7),), generator=gen)] = -0.0
+        elif kind == 2:
+            rows[t] = torch.rand(V, generator=gen) * 1e-39 + 1e-44
+        elif kind == 3:
+            rows[t, V - 1] = 1.5
+        elif kind == 4:
+            rows[t] = 0.0
+            rows[t, (7 * t) % V] = 1.0
+    return rows
+
+
+@pytest.mark.parametrize("V", [5, 256, 257, 300])
+def test_next_row_scan_codes_as_the_reference_and_stops_at_bad_rows(at_level, V):
+    """ops.encode and ops.decode over float32 probabilities take each next
+    row's raw max in the current row's last pass and skip that row's own scan
+    when the max proves it valid (csrc/core/quantize.h, NextRowScan). Against
+    the reference coder, with every kind of row after every other; then a
+    stream whose row k is bad (NaN, negative, +inf or all zero, coming after
+    a subnormal or a -0.0 row or first) decodes rows [0, k) and reports row
+    k's status, at every level."""
+    gen = torch.Generator().manual_seed(V)
+    T, precision = 47, 24
+    dist = _rows_for_the_scan_ahead(gen, T, V)[None]
+    cdf, status = coder_ref.quantize(dist[0], precision)
+    assert (status == 0).all()
+    symbols = torch.tensor([int(torch.multinomial(torch.from_numpy(np.diff(c).astype(np.float64)), 1, generator=gen))
+                            for c in cdf])[None]
+    want, want_bits = coder_ref.stream_encode(cdf, symbols[0].tolist(), precision)
+    enc = _per_level(at_level, lambda: ops.encode(dist, symbols, precision=precision))
+    _assert_all_equal(enc)
+    data, nbits = enc["baseline"]
+    assert int(nbits[0]) == want_bits and data[0].numpy().tobytes()[: len(want)] == want
+    dec = _per_level(at_level, lambda: ops.decode(dist, data, nbits, precision=precision))
+    _assert_all_equal(dec)
+    assert torch.equal(dec["baseline"], symbols)
+
+    nan, inf = float("nan"), float("inf")
+    cases = [(0, nan, 1), (1, -0.5, 2), (2, 0.0, 3), (3, inf, 4), (T - 1, nan, 1), (T - 1, 0.0, 3)]
+    for k, value, code in cases:  # row k - 1 is of kind (k - 1) % 5: plain, -0.0, subnormal, ...
+        bad = dist.clone()
+        if value == 0.0:
+            bad[0, k] = 0.0
+        else:
+            bad[0, k, V // 2] = value
+        lengths = torch.tensor([T])
+        got = _per_level(at_level, lambda: torch.ops.ncx.decode(bad, data, nbits, lengths, precision, False))
+        _assert_all_equal(got)
+        decoded, st = got["baseline"]
+        assert int(st[0]) == code, (k, value)
+        assert torch.equal(decoded[0, :k], symbols[0, :k])
+        statuses = _per_level(at_level, lambda: torch.ops.ncx.encode(bad, symbols, lengths, precision, False, 0)[2])
+        _assert_all_equal(statuses)
+        assert int(statuses["baseline"][0]) == code
+
+
 @pytest.mark.parametrize("V", [256, 257, 280, 300])
 def test_decoder_finds_symbols_at_block_edges_at_every_level(at_level, V):
     """The decoder's search goes by blocks of 32 frequencies (for byte

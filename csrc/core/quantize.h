@@ -294,6 +294,28 @@ NCX_HD_ALWAYS_INLINE int32_t scan_row(const T* row, int64_t V, bool logits, uint
   return kOk;
 }
 
+// scan_row's fast path for a row whose raw max is known: a raw max in
+// [1, 0x7f800000) proves the row valid and is its largest weight; anything
+// else (0 for "not known" too) needs scan_row.
+NCX_HD bool raw_max_is_weight(uint32_t raw) { return raw - 1u < 0x7f800000u - 1u; }
+
+// The next row's scan, riding in this row's last pass. The encoder's and
+// decoder's loops over a stream of float32 probability rows hand the next
+// row to symbol_sums or to_frequencies, whose loops take the unsigned max of
+// its bits beside their own work: the next row then needs no scan pass of its
+// own, a pass whose end (a reduction, then the fixed-point scale) every later
+// step of the row waits on.
+struct NextRowScan {
+  const uint32_t* bits;  // the next row, V float32 as bits
+  uint32_t raw_max;      // out: the unsigned max of its bits
+};
+
+NCX_HD_ALWAYS_INLINE uint32_t raw_max_of(const uint32_t* bits, int64_t from, int64_t V) {
+  uint32_t m = 0;
+  for (int64_t k = 0, rest = V - from; k < rest; ++k) m = bits[from + k] > m ? bits[from + k] : m;
+  return m;
+}
+
 #if defined(__AVX2__) && !defined(__AVX512F__) && !defined(__CUDA_ARCH__)
 // ---- AVX2 helpers: eight elements as floats (float32 as they are, bfloat16
 // widened, exact), and reductions of a vector's lanes.
@@ -532,8 +554,9 @@ inline uint32_t sum_odd_dwords8(__m256i v) { return sum_lanes64(_mm256_srli_epi6
 #endif
 
 #if (defined(__AVX512F__) || defined(__AVX2__)) && !defined(__CUDA_ARCH__)
-template <bool kPost>
-NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
+template <bool kPost, bool kScan>
+NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V,
+                                                NextRowScan* next) {
   const uint32_t scale32 = uint32_t(qp.scale);
   const int pre = kPost ? 0 : 32 - qp.shift, post = kPost ? qp.shift - 32 : 0;
   const uint64_t keep64 = ~uint64_t(0) << (32 + post);
@@ -542,10 +565,11 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& 
 #if defined(__AVX512F__)
   const __m512i vs = _mm512_set1_epi64(scale32), vpre = _mm512_set1_epi32(pre);
   const __m512i keep = _mm512_set1_epi64(int64_t(keep64));
-  __m512i sum = _mm512_setzero_si512(), mx = sum, e, o;
+  __m512i sum = _mm512_setzero_si512(), mx = sum, next_mx = sum, e, o;
   const int64_t nv = V / 16;
   for (int64_t j = 0; j < nv; ++j) {
     const __m512i v = _mm512_loadu_si512(q + 16 * j);
+    if (kScan) next_mx = _mm512_max_epu32(next_mx, _mm512_loadu_si512(next->bits + 16 * j));
     _mm512_storeu_si512(totals + 32 * j, sum);
     _mm512_storeu_si512(totals + 32 * j + 16, mx);
     f_high16<kPost>(v, vs, vpre, keep, &e, &o);
@@ -568,14 +592,17 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& 
   all = uint32_t(_mm512_mask_reduce_add_epi32(0xaaaa, sum)) >> post;
   below = uint32_t(_mm512_mask_reduce_add_epi32(0xaaaa, sum_below)) >> post;
   max_below = uint32_t(_mm512_reduce_max_epu32(mx_below));
+  if (kScan) next->raw_max = uint32_t(_mm512_reduce_max_epu32(next_mx));
 #else
   const __m256i vs = _mm256_set1_epi64x(scale32), vpre = _mm256_set1_epi32(pre);
   const __m256i keep = _mm256_set1_epi64x(int64_t(keep64));
-  __m256i sum = _mm256_setzero_si256(), mx = sum, e, o;
+  __m256i sum = _mm256_setzero_si256(), mx = sum, next_mx = sum, e, o;
   const int64_t nv = V / 8;
   NCX_UNROLL_ROW
   for (int64_t j = 0; j < nv; ++j) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * j));
+    if (kScan)
+      next_mx = _mm256_max_epu32(next_mx, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(next->bits + 8 * j)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * j), sum);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(totals + 16 * j + 8), mx);
     f_high8<kPost>(v, vs, vpre, keep, &e, &o);
@@ -603,55 +630,74 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& 
   all = sum_odd_dwords8(sum) >> post;
   below = sum_odd_dwords8(sum_below) >> post;
   max_below = max_lanes8(mx_below);
+  if (kScan) next->raw_max = max_lanes8(next_mx);
 #endif
+  if (kScan) {
+    const uint32_t rest = raw_max_of(next->bits, done, V);
+    next->raw_max = rest > next->raw_max ? rest : next->raw_max;
+  }
   add_symbol_sums(q, qp, s, done, V, &below, &all, &max_below);
   return {below, all, max_below == qp.q_max};
 }
 #endif
 
-NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V) {
+// kScan: also the max of next->bits (NextRowScan).
+template <bool kScan = false>
+NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V,
+                                            NextRowScan* next = nullptr) {
 #if (defined(__AVX512F__) || defined(__AVX2__)) && !defined(__CUDA_ARCH__)
   if (!(qp.scale >> 32))  // always, unless the largest weight is subnormal
-    return qp.shift > 32 ? symbol_sums_vec<true>(q, qp, s, V) : symbol_sums_vec<false>(q, qp, s, V);
+    return qp.shift > 32 ? symbol_sums_vec<true, kScan>(q, qp, s, V, next)
+                         : symbol_sums_vec<false, kScan>(q, qp, s, V, next);
 #endif
+  if (kScan) next->raw_max = raw_max_of(next->bits, 0, V);
   uint32_t below = 0, all = 0, max_below = 0;
   add_symbol_sums(q, qp, s, 0, V, &below, &all, &max_below);
   return {below, all, max_below == qp.q_max};
 }
 
-// Turns q[0..V) into the frequencies, in place.
-NCX_HD_ALWAYS_INLINE void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int precision) {
-  uint32_t total = 0;
-  int64_t i = 0;
+// Turns q[0..V) into the frequencies, in place; kScan: also the max of
+// next->bits (NextRowScan).
+template <bool kScan = false>
+NCX_HD_ALWAYS_INLINE void to_frequencies(uint32_t* q, const QuantParams& qp, int64_t V, int precision,
+                                         NextRowScan* next = nullptr) {
+  uint32_t total = 0, next_max = 0;
+  int64_t vectors_end = 0;  // what the vector loops covered
   if (qp.scale >> 32) {
-    for (; i < V; ++i) {
+    for (int64_t i = 0; i < V; ++i) {
       uint32_t f = 1u + fixed_to_f(q[i], qp.scale, qp.shift);
       q[i] = f;
       total += f;
     }
   } else {
+    int64_t i = 0;
     const uint32_t scale32 = uint32_t(qp.scale);
 #if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
     const __m512i vs = _mm512_set1_epi64(scale32), one = _mm512_set1_epi32(1);
     const __m512i sh = _mm512_set1_epi64(qp.shift);
-    __m512i a = _mm512_setzero_si512();
+    __m512i a = _mm512_setzero_si512(), next_mx = a;
     for (; i + 16 <= V; i += 16) {
       const __m512i f = _mm512_add_epi32(fixed_to_f16(q + i, vs, sh), one);
       _mm512_storeu_si512(q + i, f);
       a = _mm512_add_epi32(a, f);
+      if (kScan) next_mx = _mm512_max_epu32(next_mx, _mm512_loadu_si512(next->bits + i));
     }
     total = uint32_t(_mm512_reduce_add_epi32(a));
+    if (kScan) next_max = uint32_t(_mm512_reduce_max_epu32(next_mx));
 #elif defined(__AVX2__) && !defined(__CUDA_ARCH__)
     const __m256i vs = _mm256_set1_epi64x(scale32), one = _mm256_set1_epi32(1);
     const __m256i sh = _mm256_set1_epi64x(qp.shift);
-    __m256i a = _mm256_setzero_si256();
+    __m256i a = _mm256_setzero_si256(), next_mx = a;
     NCX_UNROLL_ROW
     for (; i + 8 <= V; i += 8) {
       const __m256i f = _mm256_add_epi32(fixed_to_f8(q + i, vs, sh), one);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), f);
       a = _mm256_add_epi32(a, f);
+      if (kScan)
+        next_mx = _mm256_max_epu32(next_mx, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(next->bits + i)));
     }
     total = sum_lanes8(a);
+    if (kScan) next_max = max_lanes8(next_mx);
 #endif
     // Counted from the vectors' end: with V a constant that GCC sees as a
     // loop of none, where `i < V` left it vectorizing a dead loop and warning.
@@ -660,6 +706,11 @@ NCX_HD_ALWAYS_INLINE void to_frequencies(uint32_t* q, const QuantParams& qp, int
       q[i + k] = f;
       total += f;
     }
+    vectors_end = i;
+  }
+  if (kScan) {  // the elements past the vectors (all of them without vectors)
+    const uint32_t rest = raw_max_of(next->bits, vectors_end, V);
+    next->raw_max = rest > next_max ? rest : next_max;
   }
   q[qp.argmax] += (uint32_t(1) << precision) - total;  // the remainder
 }
@@ -669,9 +720,10 @@ NCX_HD_ALWAYS_INLINE void to_frequencies(uint32_t* q, const QuantParams& qp, int
 // goes to the first index of the largest weight, and encoding only needs to
 // know whether that index is below, at or above s, which the largest q below
 // s tells, cheaper than tracking the index).
+template <bool kScan = false>
 NCX_HD_ALWAYS_INLINE void symbol_interval(uint32_t* q, const QuantParams& qp, int64_t s, int64_t V, int precision,
-                                          uint32_t* cum, uint32_t* freq) {
-  const SymbolSums sums = symbol_sums(q, qp, s, V);
+                                          uint32_t* cum, uint32_t* freq, NextRowScan* next = nullptr) {
+  const SymbolSums sums = symbol_sums<kScan>(q, qp, s, V, next);
   const uint32_t f_s = fixed_to_f(q[s], qp.scale, qp.shift);
   const uint32_t rem = free_mass(precision, V) - sums.all;
   const bool argmax_below = sums.max_below, argmax_at = !argmax_below && q[s] == qp.q_max;
@@ -823,9 +875,10 @@ NCX_HD_ALWAYS_INLINE int64_t find_block8(const uint32_t* f, uint32_t target, uin
 // block of 32 that holds it, then the symbol in that block. With vectors both
 // steps are prefix sums and a compare (the block step for byte alphabets;
 // other sizes scan the block sums); without, scans.
+template <bool kScan = false>
 NCX_HD_ALWAYS_INLINE void find_symbol(uint32_t* q, const QuantParams& qp, int64_t V, int precision, uint32_t target,
-                                      int64_t* sym, uint32_t* cum, uint32_t* freq) {
-  to_frequencies(q, qp, V, precision);
+                                      int64_t* sym, uint32_t* cum, uint32_t* freq, NextRowScan* next = nullptr) {
+  to_frequencies<kScan>(q, qp, V, precision, next);
   constexpr int64_t kBlock = 32;
   uint32_t c = 0;
   int64_t base = 0;

@@ -1084,37 +1084,54 @@ struct PrefetchInParts {
 };
 
 // quantize_row_prepare with the parts of the row ahead asked for before each
-// of its passes and before the step that follows.
+// of its passes and before the step that follows. raw_max: the row's raw max
+// when the row before took it (NextRowScan), else 0; the scan is skipped when
+// it proves the row valid.
 template <bool kArgmax, typename T>
-inline int32_t prepare_asking_ahead(const T* row, int64_t V, int precision, bool logits,
+inline int32_t prepare_asking_ahead(const T* row, int64_t V, int precision, bool logits, uint32_t raw_max,
                                     const PrefetchInParts<T>& ahead, uint32_t* q, QuantParams* qp) {
   ahead.part(0);
-  uint32_t max_w = 0;
+  uint32_t max_w = raw_max;
   float max_logit = 0.0f;
-  const int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
-  if (st != kOk) return st;
+  if (!raw_max_is_weight(raw_max)) {
+    const int32_t st = scan_row(row, V, logits, &max_w, &max_logit);
+    if (st != kOk) return st;
+  }
   ahead.part(1);
   *qp = fixed_point_params<kArgmax>(row, V, precision, logits, max_w, max_logit, q);
   ahead.part(2);
   return kOk;
 }
 
-template <int64_t kV, typename T, typename S>
+// Float32 probability rows (kScan) scan each next row in the current row's
+// last pass (NextRowScan); the last row scans itself again, so that the loop
+// has no branch for it. Against a scan pass per row, on an AMD EPYC (Zen 5),
+// encoding took 0.81x-0.84x the time at avx2 and avx512, decoding 0.91x-0.92x
+// (docs/performance.md, "CPU levels").
+template <typename T>
+const uint32_t* next_row_bits(const T* rows, int64_t stride, int64_t t, int64_t len) {
+  return reinterpret_cast<const uint32_t*>(rows + (t + 1 < len ? t + 1 : t) * stride);
+}
+
+template <int64_t kV, bool kScan, typename T, typename S>
 int32_t encode_stream_of(const T* rows, int64_t stride, const S* symbols, int64_t len, int64_t V_, int precision,
                          bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
+  static_assert(!kScan || sizeof(T) == 4, "NextRowScan reads float32 rows");
   const int64_t V = kV ? kV : V_;
   *nbits = 0;
   StreamEncoder enc;
   stream_encoder_init(&enc);
+  NextRowScan next{nullptr, 0};  // raw_max 0: row 0 is scanned on its own
   for (int64_t t = 0; t < len; ++t) {
     const int64_t s = symbols[t];
     if (s < 0 || s >= V) return kErrSymbol;
     QuantParams qp;
-    int32_t st = prepare_asking_ahead<false>(rows + t * stride, V, precision, logits,
+    int32_t st = prepare_asking_ahead<false>(rows + t * stride, V, precision, logits, next.raw_max,
                                              PrefetchInParts<T>(rows, stride, V, t, len), q, &qp);
     if (st != kOk) return st;
     uint32_t cum, freq;
-    symbol_interval(q, qp, s, V, precision, &cum, &freq);
+    if (kScan) next.bits = next_row_bits(rows, stride, t, len);
+    symbol_interval<kScan>(q, qp, s, V, precision, &cum, &freq, &next);
     st = stream_encode(&enc, out, cap, cum, freq, precision);
     if (st != kOk) return st;
   }
@@ -1127,8 +1144,12 @@ int32_t encode_stream_of(const T* rows, int64_t stride, const S* symbols, int64_
 template <typename T, typename S>
 int32_t encode_stream_as(const T* rows, int64_t stride, const S* symbols, int64_t len, int64_t V, int precision,
                          bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
-  return V == 256 ? encode_stream_of<256>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits)
-                  : encode_stream_of<0>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits);
+  constexpr bool kFloat32 = sizeof(T) == 4;
+  if (kFloat32 && !logits)
+    return V == 256 ? encode_stream_of<256, kFloat32>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits)
+                    : encode_stream_of<0, kFloat32>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits);
+  return V == 256 ? encode_stream_of<256, false>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits)
+                  : encode_stream_of<0, false>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits);
 }
 
 template <typename T>
@@ -1140,20 +1161,23 @@ int32_t encode_stream(const T* rows, int64_t stride, const void* symbols, bool w
                                  out, cap, nbits);
 }
 
-template <int64_t kV, typename T>
+template <int64_t kV, bool kScan, typename T>
 int32_t decode_stream_of(const T* rows, int64_t stride, int64_t len, int64_t V_, int precision, bool logits,
                          uint32_t* q, const uint8_t* in, int64_t nbytes, int64_t* symbols) {
+  static_assert(!kScan || sizeof(T) == 4, "NextRowScan reads float32 rows");
   const int64_t V = kV ? kV : V_;
   StreamDecoder dec;
   stream_decoder_init(&dec, in, nbytes);
+  NextRowScan next{nullptr, 0};
   for (int64_t t = 0; t < len; ++t) {
     QuantParams qp;
-    int32_t st = prepare_asking_ahead<true>(rows + t * stride, V, precision, logits,
+    int32_t st = prepare_asking_ahead<true>(rows + t * stride, V, precision, logits, next.raw_max,
                                             PrefetchInParts<T>(rows, stride, V, t, len), q, &qp);
     if (st != kOk) return st;
     int64_t s;
     uint32_t cum, freq;
-    find_symbol(q, qp, V, precision, stream_decode_target(&dec, precision), &s, &cum, &freq);
+    if (kScan) next.bits = next_row_bits(rows, stride, t, len);
+    find_symbol<kScan>(q, qp, V, precision, stream_decode_target(&dec, precision), &s, &cum, &freq, &next);
     st = stream_decode_consume(&dec, in, nbytes, cum, freq, precision);
     if (st != kOk) return st;
     symbols[t] = s;
@@ -1164,8 +1188,12 @@ int32_t decode_stream_of(const T* rows, int64_t stride, int64_t len, int64_t V_,
 template <typename T>
 int32_t decode_stream(const T* rows, int64_t stride, int64_t len, int64_t V, int precision, bool logits,
                       uint32_t* q, const uint8_t* in, int64_t nbytes, int64_t* symbols) {
-  return V == 256 ? decode_stream_of<256>(rows, stride, len, V, precision, logits, q, in, nbytes, symbols)
-                  : decode_stream_of<0>(rows, stride, len, V, precision, logits, q, in, nbytes, symbols);
+  constexpr bool kFloat32 = sizeof(T) == 4;
+  if (kFloat32 && !logits)
+    return V == 256 ? decode_stream_of<256, kFloat32>(rows, stride, len, V, precision, logits, q, in, nbytes, symbols)
+                    : decode_stream_of<0, kFloat32>(rows, stride, len, V, precision, logits, q, in, nbytes, symbols);
+  return V == 256 ? decode_stream_of<256, false>(rows, stride, len, V, precision, logits, q, in, nbytes, symbols)
+                  : decode_stream_of<0, false>(rows, stride, len, V, precision, logits, q, in, nbytes, symbols);
 }
 
 int64_t vocab_encode(const void* nodes, const uint8_t* data, int64_t n, int32_t* out, int64_t* failed_at) {
