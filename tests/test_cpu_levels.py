@@ -242,15 +242,17 @@ def test_encode_reports_the_first_bad_row_or_symbol_at_every_level(at_level, V):
 
 
 def _rows_for_the_scan_ahead(gen, T: int, V: int) -> torch.Tensor:
-    """Float32 probability rows of every kind the next-row scan meets, in
-    turn: plain rows; rows holding -0.0 (valid, but their raw max has the
-    sign bit, so the row takes the full scan); rows whose largest weight is
-    subnormal (the coder's scalar paths, which must scan the next row too);
-    rows whose largest weight sits in the last element, past the vectors
-    when V is not a multiple of 16; one-hot rows."""
+    """Float32 probability rows of every kind the work on rows ahead meets,
+    in turn: plain rows; rows holding -0.0 (valid, but their raw max has the
+    sign bit, so the row takes the full scan and no fixed point ahead); rows
+    whose largest weight is subnormal (the coder's scalar paths, which must
+    do the work ahead too); rows whose largest weight sits in the last
+    element, past the vectors when V is not a multiple of 16; one-hot rows;
+    rows of tiny normal weights (exponent field below 23: fixed point by bit
+    shifts, not ahead)."""
     rows = torch.rand(T, V, generator=gen) ** 4 + 1e-7
     for t in range(T):
-        kind = t % 5
+        kind = t % 6
         if kind == 1:
             rows[t, torch.randint(0, V, (max(1, V // 7),), generator=gen)] = -0.0
         elif kind == 2:
@@ -260,18 +262,21 @@ def _rows_for_the_scan_ahead(gen, T: int, V: int) -> torch.Tensor:
         elif kind == 4:
             rows[t] = 0.0
             rows[t, (7 * t) % V] = 1.0
+        elif kind == 5:
+            rows[t] = torch.rand(V, generator=gen) * 1e-33 + 1e-36
     return rows
 
 
-@pytest.mark.parametrize("V", [5, 256, 257, 300])
-def test_next_row_scan_codes_as_the_reference_and_stops_at_bad_rows(at_level, V):
-    """ops.encode and ops.decode over float32 probabilities take each next
-    row's raw max in the current row's last pass and skip that row's own scan
-    when the max proves it valid (csrc/core/quantize.h, NextRowScan). Against
-    the reference coder, with every kind of row after every other; then a
-    stream whose row k is bad (NaN, negative, +inf or all zero, coming after
-    a subnormal or a -0.0 row or first) decodes rows [0, k) and reports row
-    k's status, at every level."""
+@pytest.mark.parametrize("V", [5, 256, 257, 300, 600])  # 600: past the fixed point ahead's V <= 512
+def test_rows_ahead_code_as_the_reference_and_stop_at_bad_rows(at_level, V):
+    """ops.encode and ops.decode over float32 probabilities take a row
+    ahead's raw max in the current row's last pass and skip that row's own
+    scan when the max proves it valid; the encoder also takes the next row to
+    fixed point there (csrc/core/quantize.h, RowsAhead). Against the
+    reference coder, with every kind of row after every other; then a stream
+    whose row k is bad (NaN, negative, +inf or all zero, coming after a
+    plain, a -0.0 or a subnormal row or first) decodes rows [0, k) and
+    reports row k's status, at every level; the encoder reports it too."""
     gen = torch.Generator().manual_seed(V)
     T, precision = 47, 24
     dist = _rows_for_the_scan_ahead(gen, T, V)[None]
@@ -290,7 +295,7 @@ def test_next_row_scan_codes_as_the_reference_and_stops_at_bad_rows(at_level, V)
 
     nan, inf = float("nan"), float("inf")
     cases = [(0, nan, 1), (1, -0.5, 2), (2, 0.0, 3), (3, inf, 4), (T - 1, nan, 1), (T - 1, 0.0, 3)]
-    for k, value, code in cases:  # row k - 1 is of kind (k - 1) % 5: plain, -0.0, subnormal, ...
+    for k, value, code in cases:  # row k - 1 is of kind (k - 1) % 6: plain, -0.0, subnormal, ...
         bad = dist.clone()
         if value == 0.0:
             bad[0, k] = 0.0

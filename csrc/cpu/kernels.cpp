@@ -1085,7 +1085,7 @@ struct PrefetchInParts {
 
 // quantize_row_prepare with the parts of the row ahead asked for before each
 // of its passes and before the step that follows. raw_max: the row's raw max
-// when the row before took it (NextRowScan), else 0; the scan is skipped when
+// when an earlier row's pass took it (RowsAhead), else 0; the scan is skipped when
 // it proves the row valid.
 template <bool kArgmax, typename T>
 inline int32_t prepare_asking_ahead(const T* row, int64_t V, int precision, bool logits, uint32_t raw_max,
@@ -1103,36 +1103,73 @@ inline int32_t prepare_asking_ahead(const T* row, int64_t V, int precision, bool
   return kOk;
 }
 
-// Float32 probability rows (kScan) scan each next row in the current row's
-// last pass (NextRowScan); the last row scans itself again, so that the loop
-// has no branch for it. Against a scan pass per row, on an AMD EPYC (Zen 5),
-// encoding took 0.81x-0.84x the time at avx2 and avx512, decoding 0.91x-0.92x
-// (docs/performance.md, "CPU levels").
+// Float32 probability rows (kAhead) hand the current row's last pass work
+// on the rows after it (RowsAhead). The decoder scans the next row there. The
+// encoder scans the row after next and takes the next row, whose largest
+// weight it knows by then, to fixed point, into the second half of the
+// scratch (stream_scratch_words): that row then starts at its last pass.
+// Rows past the stream's end are replaced by its last row, so that the loops
+// have no branch for them. On an AMD EPYC (Zen 5), against a scan pass per
+// row, the scan ahead took encoding to 0.83x / 0.85x the time at avx2 /
+// avx512 and decoding to 0.91x / 0.92x; the fixed point ahead then took
+// encoding to 0.83x again at avx2 (kFixAheadPays; docs/performance.md, "CPU
+// levels").
 template <typename T>
-const uint32_t* next_row_bits(const T* rows, int64_t stride, int64_t t, int64_t len) {
-  return reinterpret_cast<const uint32_t*>(rows + (t + 1 < len ? t + 1 : t) * stride);
+const uint32_t* row_bits_at_or_last(const T* rows, int64_t stride, int64_t t, int64_t len) {
+  return reinterpret_cast<const uint32_t*>(rows + (t < len ? t : len - 1) * stride);
 }
 
-template <int64_t kV, bool kScan, typename T, typename S>
+template <int64_t kV, bool kAhead, typename T, typename S>
 int32_t encode_stream_of(const T* rows, int64_t stride, const S* symbols, int64_t len, int64_t V_, int precision,
                          bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
-  static_assert(!kScan || sizeof(T) == 4, "NextRowScan reads float32 rows");
+  static_assert(!kAhead || sizeof(T) == 4, "RowsAhead reads float32 rows");
   const int64_t V = kV ? kV : V_;
   *nbits = 0;
   StreamEncoder enc;
   stream_encoder_init(&enc);
-  NextRowScan next{nullptr, 0};  // raw_max 0: row 0 is scanned on its own
+  uint32_t* q_next = q + symbol_scratch_words(V);
+  // Row t's raw max and row t + 1's, where an earlier row's pass took them
+  // (0: not known); whether row t's q are in q already, and their sum.
+  uint32_t raw_max = 0, next_raw_max = 0, fixed_sum = 0;
+  bool fixed = false;
   for (int64_t t = 0; t < len; ++t) {
     const int64_t s = symbols[t];
     if (s < 0 || s >= V) return kErrSymbol;
+    const T* row = rows + t * stride;
+    const PrefetchInParts<T> prefetch(rows, stride, V, t, len);
     QuantParams qp;
-    int32_t st = prepare_asking_ahead<false>(rows + t * stride, V, precision, logits, next.raw_max,
-                                             PrefetchInParts<T>(rows, stride, V, t, len), q, &qp);
-    if (st != kOk) return st;
+    if (kAhead && fixed) {
+      prefetch.part(0);
+      prefetch.part(1);
+      qp = params_from_sum(fixed_sum, int32_t(V), raw_max, precision, V);
+      prefetch.part(2);
+    } else {
+      const int32_t st = prepare_asking_ahead<false>(row, V, precision, logits, raw_max, prefetch, q, &qp);
+      if (st != kOk) return st;
+    }
     uint32_t cum, freq;
-    if (kScan) next.bits = next_row_bits(rows, stride, t, len);
-    symbol_interval<kScan>(q, qp, s, V, precision, &cum, &freq, &next);
-    st = stream_encode(&enc, out, cap, cum, freq, precision);
+    if (kAhead) {
+      RowsAhead ahead;
+      ahead.scan_bits = row_bits_at_or_last(rows, stride, t + 2, len);
+      fixed = kFixAheadPays && t + 1 < len && V <= 512 && raw_max_is_weight(next_raw_max) &&
+              fixed_point_by_product(next_raw_max);
+      if (fixed) {
+        ahead.fix_row = reinterpret_cast<const float*>(row + stride);
+        ahead.fix_scale = fixed_point_scale(next_raw_max);
+        ahead.fix_q = q_next;
+        symbol_interval<kScanAndFixAhead>(q, qp, s, V, precision, &cum, &freq, &ahead);
+        fixed_sum = ahead.fix_sum;
+        q_next = q;
+        q = ahead.fix_q;
+      } else {
+        symbol_interval<kScanAhead>(q, qp, s, V, precision, &cum, &freq, &ahead);
+      }
+      raw_max = next_raw_max;
+      next_raw_max = ahead.raw_max;
+    } else {
+      symbol_interval(q, qp, s, V, precision, &cum, &freq);
+    }
+    const int32_t st = stream_encode(&enc, out, cap, cum, freq, precision);
     if (st != kOk) return st;
   }
   const int64_t n = stream_encode_finish(&enc, out, cap);
@@ -1161,23 +1198,24 @@ int32_t encode_stream(const T* rows, int64_t stride, const void* symbols, bool w
                                  out, cap, nbits);
 }
 
-template <int64_t kV, bool kScan, typename T>
+template <int64_t kV, bool kAhead, typename T>
 int32_t decode_stream_of(const T* rows, int64_t stride, int64_t len, int64_t V_, int precision, bool logits,
                          uint32_t* q, const uint8_t* in, int64_t nbytes, int64_t* symbols) {
-  static_assert(!kScan || sizeof(T) == 4, "NextRowScan reads float32 rows");
+  static_assert(!kAhead || sizeof(T) == 4, "RowsAhead reads float32 rows");
   const int64_t V = kV ? kV : V_;
   StreamDecoder dec;
   stream_decoder_init(&dec, in, nbytes);
-  NextRowScan next{nullptr, 0};
+  RowsAhead ahead;  // ahead.raw_max: row t's, where row t - 1's pass took it (0: not known)
   for (int64_t t = 0; t < len; ++t) {
     QuantParams qp;
-    int32_t st = prepare_asking_ahead<true>(rows + t * stride, V, precision, logits, next.raw_max,
+    int32_t st = prepare_asking_ahead<true>(rows + t * stride, V, precision, logits, ahead.raw_max,
                                             PrefetchInParts<T>(rows, stride, V, t, len), q, &qp);
     if (st != kOk) return st;
     int64_t s;
     uint32_t cum, freq;
-    if (kScan) next.bits = next_row_bits(rows, stride, t, len);
-    find_symbol<kScan>(q, qp, V, precision, stream_decode_target(&dec, precision), &s, &cum, &freq, &next);
+    if (kAhead) ahead.scan_bits = row_bits_at_or_last(rows, stride, t + 1, len);
+    find_symbol<kAhead ? kScanAhead : kNothingAhead>(q, qp, V, precision, stream_decode_target(&dec, precision), &s,
+                                                      &cum, &freq, &ahead);
     st = stream_decode_consume(&dec, in, nbytes, cum, freq, precision);
     if (st != kOk) return st;
     symbols[t] = s;

@@ -17,7 +17,8 @@ enum CpuLevel : int32_t { kLevelBaseline = 0, kLevelAvx2 = 1, kLevelAvx512 = 2, 
 
 // csrc/core/quantize.h's row routines for one element type: float, or
 // bfloat16 as its uint16 bits. q is the row scratch: symbol_scratch_words(V)
-// words from a cache line's start.
+// words from a cache line's start (stream_scratch_words(V) for encode_stream
+// and decode_stream).
 template <typename T>
 struct RowQuantizer {
   int32_t (*cdf)(const T* row, int64_t V, int precision, bool logits, uint32_t* q, uint32_t* cdf);

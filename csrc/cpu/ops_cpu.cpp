@@ -12,16 +12,17 @@ namespace {
 
 using at::Tensor;
 
-// Scratch for one row: fixed-point weights (with the encoder's running
-// totals after them) and the CDF, each starting on a cache line. The row
+// Scratch for the row loops: fixed-point weights (with the encoder's running
+// totals after them, and room for a second row's) and the CDF, each starting
+// on a cache line. The row
 // loops read and write them a whole vector at a time; a vector that straddles
 // two lines costs two accesses (malloc aligns to 16 bytes only).
 class RowScratch {
  public:
   explicit RowScratch(int64_t V)
-      : buffer_(line_up(symbol_scratch_words(V)) + line_up(V + 1) + kLine),
+      : buffer_(line_up(stream_scratch_words(V)) + line_up(V + 1) + kLine),
         q_(first_line()),
-        cdf_(q_ + line_up(symbol_scratch_words(V))) {}
+        cdf_(q_ + line_up(stream_scratch_words(V))) {}
   RowScratch(const RowScratch&) = delete;
   RowScratch& operator=(const RowScratch&) = delete;
   uint32_t* q() { return q_; }
