@@ -7,16 +7,20 @@ import platform
 
 
 def cpu_line() -> str:
-    """e.g. 'Intel(R) Xeon(R) Processor (AVX-512 + VNNI), 2 cores, 2026-11-30'."""
+    """e.g. 'AMD EPYC (family 26 model 2; AVX-512 + VNNI), 2 cores, 2026-12-02'. The family
+    and model tell CPU generations apart where a virtual machine's model name does not
+    ("AMD EPYC" is every Zen)."""
     import os
 
-    model, flags = platform.processor() or "unknown CPU", set()
+    model, flags, generation = platform.processor() or "unknown CPU", set(), {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
                     model = value.strip()
+                elif key.strip() in ("cpu family", "model"):
+                    generation[key.strip()] = value.strip()
                 elif key.strip() == "flags":
                     flags = set(value.split())
                     break
@@ -28,4 +32,6 @@ def cpu_line() -> str:
         isa = "AVX2" + (" + FMA" if "fma" in flags else "")
     else:
         isa = "no AVX2"
+    if generation:
+        isa = f"family {generation.get('cpu family', '?')} model {generation.get('model', '?')}; {isa}"
     return f"{model} ({isa}), {os.cpu_count()} cores, {datetime.date.today()}"
