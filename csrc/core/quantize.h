@@ -650,7 +650,8 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& 
   for (int64_t j = 0; j < nv; ++j) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * j));
     if (kAhead >= kScanAhead)
-      scan_mx = _mm256_max_epu32(scan_mx, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ahead->scan_bits + 8 * j)));
+      scan_mx =
+          _mm256_max_epu32(scan_mx, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ahead->scan_bits + 8 * j)));
     if (kAhead == kScanAndFixAhead) {
       const __m256i fq = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_loadu_ps(ahead->fix_row + 8 * j), fix_scale));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(ahead->fix_q + 8 * j), fq);

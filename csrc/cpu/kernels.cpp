@@ -1183,8 +1183,9 @@ int32_t encode_stream_as(const T* rows, int64_t stride, const S* symbols, int64_
                          bool logits, uint32_t* q, uint8_t* out, int64_t cap, int64_t* nbits) {
   constexpr bool kFloat32 = sizeof(T) == 4;
   if (kFloat32 && !logits)
-    return V == 256 ? encode_stream_of<256, kFloat32>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits)
-                    : encode_stream_of<0, kFloat32>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits);
+    return V == 256
+               ? encode_stream_of<256, kFloat32>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits)
+               : encode_stream_of<0, kFloat32>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits);
   return V == 256 ? encode_stream_of<256, false>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits)
                   : encode_stream_of<0, false>(rows, stride, symbols, len, V, precision, logits, q, out, cap, nbits);
 }
