@@ -605,17 +605,12 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& 
 #if defined(__AVX512F__)
   const __m512i vs = _mm512_set1_epi64(scale32), vpre = _mm512_set1_epi32(pre);
   const __m512i keep = _mm512_set1_epi64(int64_t(keep64));
-  __m512i sum = _mm512_setzero_si512(), mx = sum, scan_mx = sum, fix_sum = sum, e, o;
-  const __m512 fix_scale = _mm512_set1_ps(kAhead == kScanAndFixAhead ? ahead->fix_scale : 0.0f);
+  static_assert(kAhead != kScanAndFixAhead, "no fixed point ahead at avx512 (kFixAheadPays)");
+  __m512i sum = _mm512_setzero_si512(), mx = sum, scan_mx = sum, e, o;
   const int64_t nv = V / 16;
   for (int64_t j = 0; j < nv; ++j) {
     const __m512i v = _mm512_loadu_si512(q + 16 * j);
     if (kAhead >= kScanAhead) scan_mx = _mm512_max_epu32(scan_mx, _mm512_loadu_si512(ahead->scan_bits + 16 * j));
-    if (kAhead == kScanAndFixAhead) {
-      const __m512i fq = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_loadu_ps(ahead->fix_row + 16 * j), fix_scale));
-      _mm512_storeu_si512(ahead->fix_q + 16 * j, fq);
-      fix_sum = _mm512_add_epi32(fix_sum, fq);
-    }
     _mm512_storeu_si512(totals + 32 * j, sum);
     _mm512_storeu_si512(totals + 32 * j + 16, mx);
     f_high16<kPost>(v, vs, vpre, keep, &e, &o);
@@ -639,7 +634,6 @@ NCX_HD_ALWAYS_INLINE SymbolSums symbol_sums_vec(uint32_t* q, const QuantParams& 
   below = uint32_t(_mm512_mask_reduce_add_epi32(0xaaaa, sum_below)) >> post;
   max_below = uint32_t(_mm512_reduce_max_epu32(mx_below));
   if (kAhead >= kScanAhead) ahead->raw_max = uint32_t(_mm512_reduce_max_epu32(scan_mx));
-  if (kAhead == kScanAndFixAhead) ahead->fix_sum = uint32_t(_mm512_reduce_add_epi32(fix_sum));
 #else
   const __m256i vs = _mm256_set1_epi64x(scale32), vpre = _mm256_set1_epi32(pre);
   const __m256i keep = _mm256_set1_epi64x(int64_t(keep64));

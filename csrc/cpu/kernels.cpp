@@ -1151,19 +1151,20 @@ int32_t encode_stream_of(const T* rows, int64_t stride, const S* symbols, int64_
     if (kAhead) {
       RowsAhead ahead;
       ahead.scan_bits = row_bits_at_or_last(rows, stride, t + 2, len);
-      fixed = kFixAheadPays && t + 1 < len && V <= 512 && raw_max_is_weight(next_raw_max) &&
-              fixed_point_by_product(next_raw_max);
-      if (fixed) {
-        ahead.fix_row = reinterpret_cast<const float*>(row + stride);
-        ahead.fix_scale = fixed_point_scale(next_raw_max);
-        ahead.fix_q = q_next;
-        symbol_interval<kScanAndFixAhead>(q, qp, s, V, precision, &cum, &freq, &ahead);
-        fixed_sum = ahead.fix_sum;
-        q_next = q;
-        q = ahead.fix_q;
-      } else {
-        symbol_interval<kScanAhead>(q, qp, s, V, precision, &cum, &freq, &ahead);
+      fixed = false;
+      if constexpr (kFixAheadPays) {
+        fixed = t + 1 < len && V <= 512 && raw_max_is_weight(next_raw_max) && fixed_point_by_product(next_raw_max);
+        if (fixed) {
+          ahead.fix_row = reinterpret_cast<const float*>(row + stride);
+          ahead.fix_scale = fixed_point_scale(next_raw_max);
+          ahead.fix_q = q_next;
+          symbol_interval<kScanAndFixAhead>(q, qp, s, V, precision, &cum, &freq, &ahead);
+          fixed_sum = ahead.fix_sum;
+          q_next = q;
+          q = ahead.fix_q;
+        }
       }
+      if (!fixed) symbol_interval<kScanAhead>(q, qp, s, V, precision, &cum, &freq, &ahead);
       raw_max = next_raw_max;
       next_raw_max = ahead.raw_max;
     } else {
