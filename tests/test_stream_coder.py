@@ -242,6 +242,32 @@ def test_output_buffer_too_small_is_an_error():
             enc.step(dist[:, t], sym[:, t])
 
 
+@pytest.mark.parametrize("kind", ["dirichlet", "peaked", "logits"])
+def test_tight_buffers_give_the_same_code(kind):
+    """The coder moves 8 bytes at a time while 8 fit in the buffer, and byte by
+    byte near its end: every buffer from the smallest that holds the code up
+    gives the same bytes (zero past nbits), and decoding needs only the bytes
+    that nbits covers."""
+    B, T, V, precision = 3, 400, 256, 24
+    dist, logits, sym, _ = make_case(kind, "sampled", B, T, V, 5)
+    data, nbits = ops.encode(dist, sym, precision=precision, logits=logits)
+    smallest = int((nbits.max() + 7) // 8)
+    while True:  # the finish may write bytes of zeros that nbits then leaves out
+        try:
+            ops.encode(dist, sym, precision=precision, logits=logits, max_bytes=smallest)
+            break
+        except ValueError:
+            smallest += 1
+    assert smallest <= (int(nbits.max()) + 7) // 8 + 8
+    for size in range(smallest, smallest + 10):
+        got, got_bits = ops.encode(dist, sym, precision=precision, logits=logits, max_bytes=size)
+        assert torch.equal(got_bits, nbits)
+        assert torch.equal(got[:, : min(size, data.shape[1])], data[:, :size])
+        assert not got[:, data.shape[1]:].any()
+    exact = data[:, : (int(nbits.max()) + 7) // 8].clone()
+    assert torch.equal(ops.decode(dist, exact, nbits, precision=precision, logits=logits), sym)
+
+
 def test_overhead_at_precision_24():
     """100,000 symbols at P = 24: the code is within 0.01% + 64 bits of the ideal
     sum of -log2(freq / 2^24) over the quantized probabilities."""

@@ -65,6 +65,39 @@ NCX_HD_ALWAYS_INLINE bool rc_narrow(uint64_t* low, uint64_t* range, uint32_t cum
 }
 
 // ---------------------------------------------------------------- stream mode
+
+// How many bytes renormalization shifts in or out: those that take range
+// (nonzero) back to [2^56, 2^64).
+NCX_HD_ALWAYS_INLINE int renorm_bytes(uint64_t range) {
+#if defined(__CUDA_ARCH__)
+  return __clzll(range) >> 3;
+#else
+  return __builtin_clzll(range) >> 3;
+#endif
+}
+
+// The 8 bytes at p as a big-endian integer.
+NCX_HD_ALWAYS_INLINE uint64_t load_be64(const uint8_t* p) {
+#if !defined(__CUDA_ARCH__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  uint64_t v;
+  __builtin_memcpy(&v, p, 8);  // one load and a byte swap (GCC 12 does not see it in the loop below)
+  return __builtin_bswap64(v);
+#else
+  uint64_t v = 0;
+  for (int k = 0; k < 8; ++k) v = (v << 8) | p[k];
+  return v;
+#endif
+}
+
+NCX_HD_ALWAYS_INLINE void store_be64(uint8_t* p, uint64_t v) {
+#if !defined(__CUDA_ARCH__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  v = __builtin_bswap64(v);
+  __builtin_memcpy(p, &v, 8);
+#else
+  for (int k = 0; k < 8; ++k) p[k] = uint8_t(v >> (56 - 8 * k));
+#endif
+}
+
 struct StreamEncoder {
   uint64_t low, range;
   int64_t pos;  // bytes written to the buffer
@@ -93,6 +126,14 @@ NCX_HD void propagate_carry(uint8_t* out, int64_t pos) {
 NCX_HD_ALWAYS_INLINE int32_t stream_encode(StreamEncoder* e, uint8_t* out, int64_t cap, uint32_t cum,
                                            uint32_t freq, int precision) {
   if (rc_narrow(&e->low, &e->range, cum, freq, precision)) propagate_carry(out, e->pos);
+  if (e->pos + 8 <= cap) {  // as stream_decode_consume: no loop whose exit depends on the data
+    const int bits = 8 * renorm_bytes(e->range);
+    store_be64(out + e->pos, e->low);  // its bytes past the new pos are written again later, or zeroed at the finish
+    e->pos += bits / 8;
+    e->low <<= bits;
+    e->range <<= bits;
+    return kOk;
+  }
   while (e->range < kRangeBottom) {
     if (e->pos >= cap) return kErrOutputFull;
     out[e->pos++] = uint8_t(e->low >> 56);
@@ -126,6 +167,7 @@ NCX_HD int64_t stream_encode_finish(StreamEncoder* e, uint8_t* out, int64_t cap)
   int64_t nbits = e->pos * 8 + t;
   int nb = (t + 7) / 8;
   if (e->pos + nb > cap) return -1;
+  for (int64_t i = e->pos; i < e->pos + 8 && i < cap; ++i) out[i] = 0;  // stream_encode's bytes past pos
   for (int i = 0; i < nb; ++i) out[e->pos + i] = uint8_t(v >> (56 - 8 * i));
   // Trailing zero bits add nothing once the reader pads with zeros.
   while (nbits > 0 && !((out[(nbits - 1) >> 3] >> (7 - ((nbits - 1) & 7))) & 1)) --nbits;
@@ -177,6 +219,15 @@ NCX_HD_ALWAYS_INLINE int32_t stream_decode_consume(StreamDecoder* d, const uint8
   if (d->code < sub || d->code - sub >= width) return kErrCorrupt;
   d->code -= sub;
   d->range = width;
+  if (d->pos + 8 <= nbytes) {
+    // Without a loop: how many bytes come in (0-3: width >= r >= 2^32)
+    // depends on the data, and a loop's exit would mispredict often.
+    const int bits = 8 * renorm_bytes(width);
+    d->code = (d->code << bits) | ((load_be64(in + d->pos) >> 1) >> (63 - bits));  // bits = 0: ORs 0
+    d->range = width << bits;
+    d->pos += bits / 8;
+    return kOk;
+  }
   while (d->range < kRangeBottom) {
     d->code = (d->code << 8) | read_byte(in, nbytes, d->pos++);
     d->range <<= 8;
@@ -220,21 +271,16 @@ NCX_HD bool window_has_cell(const WindowInterval& w, int budget_bits, uint64_t* 
 }
 
 // The interval after one symbol; the bytes shifted out are returned in
-// shifted (big-endian, at most 8: one symbol costs at most P+1 <= 25 bits plus
-// one renormalization byte) with the carry flag.
+// shifted (big-endian; at most 3, as the narrowed range is at least
+// 2^(56 - P) >= 2^32) with the carry flag.
 NCX_HD void window_narrow(WindowInterval* w, uint32_t cum, uint32_t freq, int precision,
                           bool* carry, uint64_t* shifted, int* nshifted) {
   *carry = rc_narrow(&w->low, &w->range, cum, freq, precision);
-  uint64_t s = 0;
-  int k = 0;
-  while (w->range < kRangeBottom) {
-    s = (s << 8) | (w->low >> 56);
-    w->low <<= 8;
-    w->range <<= 8;
-    ++k;
-  }
+  const int k = renorm_bytes(w->range), bits = 8 * k;
+  *shifted = (w->low >> 1) >> (63 - bits);  // the top k bytes of low (none for k = 0)
+  w->low <<= bits;
+  w->range <<= bits;
   w->nshift += k;
-  *shifted = s;
   *nshifted = k;
 }
 

@@ -826,15 +826,16 @@ NCX_HD_ALWAYS_INLINE __m512i prefix_sums16(__m512i x) {
 // whose end is <= target, from prefix sums and a compare (a scalar scan would
 // mispredict its exit at every symbol). *cum gets the symbol's start.
 NCX_HD_ALWAYS_INLINE int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, uint32_t* cum) {
-  alignas(64) uint32_t ends[32];
+  alignas(64) uint32_t ends[48];  // ends[15]: c, the block's start; ends[16 + j]: where symbol j ends
+  ends[15] = c;
   const __m512i lo = _mm512_add_epi32(prefix_sums16(_mm512_loadu_si512(f)), _mm512_set1_epi32(int32_t(c)));
   const __m512i lo_end = _mm512_permutexvar_epi32(_mm512_set1_epi32(15), lo);
   const __m512i hi = _mm512_add_epi32(prefix_sums16(_mm512_loadu_si512(f + 16)), lo_end);
   const __m512i t = _mm512_set1_epi32(int32_t(target));
   const int n = __builtin_popcount(_mm512_cmple_epu32_mask(lo, t)) + __builtin_popcount(_mm512_cmple_epu32_mask(hi, t));
-  _mm512_store_si512(ends, lo);
-  _mm512_store_si512(ends + 16, hi);
-  *cum = n ? ends[n - 1] : c;
+  _mm512_store_si512(ends + 16, lo);
+  _mm512_store_si512(ends + 32, hi);
+  *cum = ends[15 + n];  // no branch on n == 0: it mispredicts, the first symbol of a block being common
   return n;
 }
 
@@ -861,11 +862,12 @@ NCX_HD_ALWAYS_INLINE int64_t find_block8(const uint32_t* f, uint32_t target, uin
   const __m512i z = _mm512_add_epi32(_mm512_unpacklo_epi32(y[0], y[1]), _mm512_unpackhi_epi32(y[0], y[1]));
   const __m512i w = _mm512_add_epi32(z, _mm512_shuffle_epi32(z, _MM_PERM_BADC));  // block i in lane 4i, 4 + i in 4i + 1
   const __m512i sums = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), w);
-  alignas(64) uint32_t ends[16];
+  alignas(64) uint32_t ends[32];  // ends[15]: 0; ends[16 + k]: where block k ends
+  ends[15] = 0;
   const __m512i e = prefix_sums16(sums);  // lanes 0-7: where each block ends
-  _mm512_store_si512(ends, e);
+  _mm512_store_si512(ends + 16, e);
   const int k = __builtin_popcount(_mm512_cmple_epu32_mask(e, _mm512_set1_epi32(int32_t(target))) & 0xffu);
-  *c = k ? ends[k - 1] : 0u;
+  *c = ends[15 + k];
   return k;
 }
 #pragma GCC diagnostic pop
@@ -882,18 +884,19 @@ NCX_HD_ALWAYS_INLINE __m256i prefix_sums8(__m256i x) {
 // As the AVX-512 find_in_block32, in four vectors of 8. The sums are below
 // 2^24, so the signed compare serves.
 NCX_HD_ALWAYS_INLINE int64_t find_in_block32(const uint32_t* f, uint32_t c, uint32_t target, uint32_t* cum) {
-  alignas(32) uint32_t ends[32];
+  alignas(32) uint32_t ends[40];  // as in the AVX-512 version, from ends[7] = c
+  ends[7] = c;
   const __m256i t = _mm256_set1_epi32(int32_t(target)), last = _mm256_set1_epi32(7);
   __m256i carry = _mm256_set1_epi32(int32_t(c));
   int n = 32;
   for (int k = 0; k < 32; k += 8) {
     const __m256i e =
         _mm256_add_epi32(prefix_sums8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(f + k))), carry);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(ends + k), e);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ends + 8 + k), e);
     n -= __builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(e, t))));
     carry = _mm256_permutevar8x32_epi32(e, last);
   }
-  *cum = n ? ends[n - 1] : c;
+  *cum = ends[7 + n];
   return n;
 }
 
@@ -911,11 +914,12 @@ NCX_HD_ALWAYS_INLINE int64_t find_block8(const uint32_t* f, uint32_t target, uin
   const __m128i s0 = _mm_add_epi32(_mm256_castsi256_si128(h0), _mm256_extracti128_si256(h0, 1));
   const __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h1), _mm256_extracti128_si256(h1, 1));
   const __m256i e = prefix_sums8(_mm256_set_m128i(s1, s0));  // where each block ends
-  alignas(32) uint32_t ends[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(ends), e);
+  alignas(32) uint32_t ends[16];  // ends[7]: 0; ends[8 + k]: where block k ends
+  ends[7] = 0;
+  _mm256_store_si256(reinterpret_cast<__m256i*>(ends + 8), e);
   const int k = 8 - __builtin_popcount(
                         _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(int32_t(target))))));
-  *c = k ? ends[k - 1] : 0u;
+  *c = ends[7 + k];
   return k;
 }
 #endif
