@@ -105,7 +105,7 @@ def measure(level: str, quick: bool) -> dict:
 def table(results: list[dict], native: str) -> str:
     lines = ["| level | coder encode / decode vs constriction (1 thread) | read ceiling: torch.sum of the "
              "probabilities, 1 thread (x constriction encode, decode) | 64 streams, 2 threads / 1 "
-             "(encode, decode) | int_linear / float32 GEMM, G MAC/s (qkv, fc, fc_proj) | integer M1 AC encode, "
+             "(encode, decode; torch.sum's read) | int_linear / float32 GEMM, G MAC/s (qkv, fc, fc_proj) | integer M1 AC encode, "
              "decode kB/s (x float) | integer M1 EqualInfoAC b=16 encode, decode kB/s (x float) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -127,7 +127,8 @@ def table(results: list[dict], native: str) -> str:
             f"({c['ncx']['decode_msym_s']:.2f} vs {c['constriction']['decode_msym_s']:.2f}) | "
             f"{c['read_ceiling']['gb_s']:.1f} GB/s, {c['read_ceiling']['msym_s']:.2f} Msym/s "
             f"({c['read_ceiling']['over_constriction_encode']:.2f}x, {c['read_ceiling']['over_constriction_decode']:.2f}x) | "
-            f"{ms['encode_speedup']:.2f}x, {ms['decode_speedup']:.2f}x | "
+            f"{ms['encode_speedup']:.2f}x, {ms['decode_speedup']:.2f}x; {ms['read_speedup']:.2f}x "
+            f"({ms['read_gb_s_1t']:.0f} -> {ms['read_gb_s_2t']:.0f} GB/s) | "
             + ", ".join(f"{v['int_linear']:.1f} / {v['float32']:.1f}" for v in lin.values())
             + f" | {coding('AC')} | {coding('EqualInfoAC b=16')} |")
     return "\n".join(lines)
