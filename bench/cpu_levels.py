@@ -26,6 +26,7 @@ is an emulation, said so in the table.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -77,6 +78,14 @@ def run(cmd: list[str], env: dict, timeout: int) -> str:
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     return r.stdout
+
+
+def commit() -> str:
+    """The checkout's commit, marked when files differ from it."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" (modified)" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def measure(level: str, quick: bool) -> dict:
@@ -143,6 +152,7 @@ def main(argv=None) -> int:
     available = json.loads(run([sys.executable, "-c", "import json; from ncx import ops; "
                                 "print(json.dumps(ops.cpu_levels()))"], {}, 300))
     levels = args.levels.split(",") if args.levels else available[::-1]
+    started = datetime.datetime.now(datetime.timezone.utc)
     results = []
     for level in levels:
         print(f"== level {level}", flush=True)
@@ -152,7 +162,10 @@ def main(argv=None) -> int:
     print(table(results, available[-1]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "best_level": available[-1], "results": results}, f, indent=1)
+            json.dump({"machine": machine, "best_level": available[-1], "commit": commit(),
+                       "command": "python " + " ".join(["bench/cpu_levels.py", *(argv or sys.argv[1:])]),
+                       "utc": f"{started:%Y-%m-%d %H:%M}-{datetime.datetime.now(datetime.timezone.utc):%H:%M}",
+                       "results": results}, f, indent=1)
     return 0
 
 
