@@ -76,9 +76,15 @@ NCX_HD_ALWAYS_INLINE int renorm_bytes(uint64_t range) {
 #endif
 }
 
+#if !defined(__CUDA_ARCH__)
+// The stream coders' renormalization on a CPU moves 8 bytes at a time (one
+// load or store) while 8 fit in the buffer; a GPU thread keeps the byte loop,
+// where 8 single-byte accesses per symbol would cost more than its branch.
+#define NCX_RENORM_8_BYTES 1
+
 // The 8 bytes at p as a big-endian integer.
-NCX_HD_ALWAYS_INLINE uint64_t load_be64(const uint8_t* p) {
-#if !defined(__CUDA_ARCH__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+inline uint64_t load_be64(const uint8_t* p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   uint64_t v;
   __builtin_memcpy(&v, p, 8);  // one load and a byte swap (GCC 12 does not see it in the loop below)
   return __builtin_bswap64(v);
@@ -89,14 +95,15 @@ NCX_HD_ALWAYS_INLINE uint64_t load_be64(const uint8_t* p) {
 #endif
 }
 
-NCX_HD_ALWAYS_INLINE void store_be64(uint8_t* p, uint64_t v) {
-#if !defined(__CUDA_ARCH__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+inline void store_be64(uint8_t* p, uint64_t v) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   v = __builtin_bswap64(v);
   __builtin_memcpy(p, &v, 8);
 #else
   for (int k = 0; k < 8; ++k) p[k] = uint8_t(v >> (56 - 8 * k));
 #endif
 }
+#endif
 
 struct StreamEncoder {
   uint64_t low, range;
@@ -126,6 +133,7 @@ NCX_HD void propagate_carry(uint8_t* out, int64_t pos) {
 NCX_HD_ALWAYS_INLINE int32_t stream_encode(StreamEncoder* e, uint8_t* out, int64_t cap, uint32_t cum,
                                            uint32_t freq, int precision) {
   if (rc_narrow(&e->low, &e->range, cum, freq, precision)) propagate_carry(out, e->pos);
+#ifdef NCX_RENORM_8_BYTES
   if (e->pos + 8 <= cap) {  // as stream_decode_consume: no loop whose exit depends on the data
     const int bits = 8 * renorm_bytes(e->range);
     store_be64(out + e->pos, e->low);  // its bytes past the new pos are written again later, or zeroed at the finish
@@ -134,6 +142,7 @@ NCX_HD_ALWAYS_INLINE int32_t stream_encode(StreamEncoder* e, uint8_t* out, int64
     e->range <<= bits;
     return kOk;
   }
+#endif
   while (e->range < kRangeBottom) {
     if (e->pos >= cap) return kErrOutputFull;
     out[e->pos++] = uint8_t(e->low >> 56);
@@ -219,6 +228,7 @@ NCX_HD_ALWAYS_INLINE int32_t stream_decode_consume(StreamDecoder* d, const uint8
   if (d->code < sub || d->code - sub >= width) return kErrCorrupt;
   d->code -= sub;
   d->range = width;
+#ifdef NCX_RENORM_8_BYTES
   if (d->pos + 8 <= nbytes) {
     // Without a loop: how many bytes come in (0-3: width >= r >= 2^32)
     // depends on the data, and a loop's exit would mispredict often.
@@ -228,6 +238,7 @@ NCX_HD_ALWAYS_INLINE int32_t stream_decode_consume(StreamDecoder* d, const uint8
     d->pos += bits / 8;
     return kOk;
   }
+#endif
   while (d->range < kRangeBottom) {
     d->code = (d->code << 8) | read_byte(in, nbytes, d->pos++);
     d->range <<= 8;
