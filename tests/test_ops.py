@@ -312,8 +312,18 @@ def _decoder_state_with_tiny_range():
                           torch.ones(1, dtype=torch.bool), 8, False)
 
 
+def _decoder_state_with_huge_pos():
+    # A valid-looking state whose next byte is at 2^63 - 4: pos + 8 wraps
+    # around, so the 8-byte read ahead must not test pos + 8 <= nbytes.
+    st = ops.new_state("stream_decoder", 1)
+    st[0, 1], st[0, 2] = -1, (1 << 63) - 4  # range 2^64 - 1
+    nc.stream_decode_step(st, torch.zeros(1, 4, dtype=torch.uint8), torch.tensor([32]), torch.rand(1, 4),
+                          torch.ones(1, dtype=torch.bool), 8, False)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-@pytest.mark.parametrize("bad_state", [_encoder_state_past_its_buffer, _decoder_state_with_tiny_range])
+@pytest.mark.parametrize("bad_state", [_encoder_state_past_its_buffer, _decoder_state_with_tiny_range,
+                                       _decoder_state_with_huge_pos])
 def test_invalid_state_is_not_a_crash(bad_state):
     """State tensors are plain int64 tensors a caller can pass in; a wrong one
     must be an error (or garbage), never a segfault or SIGFPE."""

@@ -134,7 +134,7 @@ NCX_HD_ALWAYS_INLINE int32_t stream_encode(StreamEncoder* e, uint8_t* out, int64
                                            uint32_t freq, int precision) {
   if (rc_narrow(&e->low, &e->range, cum, freq, precision)) propagate_carry(out, e->pos);
 #ifdef NCX_RENORM_8_BYTES
-  if (e->pos + 8 <= cap) {  // as stream_decode_consume: no loop whose exit depends on the data
+  if (e->pos <= cap - 8) {  // as stream_decode_consume: no loop whose exit depends on the data
     const int bits = 8 * renorm_bytes(e->range);
     store_be64(out + e->pos, e->low);  // its bytes past the new pos are written again later, or zeroed at the finish
     e->pos += bits / 8;
@@ -229,7 +229,7 @@ NCX_HD_ALWAYS_INLINE int32_t stream_decode_consume(StreamDecoder* d, const uint8
   d->code -= sub;
   d->range = width;
 #ifdef NCX_RENORM_8_BYTES
-  if (d->pos + 8 <= nbytes) {
+  if (d->pos <= nbytes - 8) {  // (not pos + 8: a state handed in may hold any pos)
     // Without a loop: how many bytes come in (0-3: width >= r >= 2^32)
     // depends on the data, and a loop's exit would mispredict often.
     const int bits = 8 * renorm_bytes(width);
